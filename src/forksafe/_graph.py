@@ -1,0 +1,76 @@
+"""The TF1 graph and session that own a model, re-entered around every call.
+
+In TF1 graph mode (``tf.compat.v1.disable_eager_execution()``, or a load
+inside ``with graph.as_default(), session.as_default():``) the default graph
+and session are per thread, so a model used from another thread fails with
+``Tensor ... is not an element of this graph``. In eager mode none of this
+applies and nothing here is on the call path.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["GraphOwner", "load_owned"]
+
+
+class GraphOwner:
+    """The graph and session a model was loaded in."""
+
+    __slots__ = ("graph", "session")
+
+    def __init__(self, graph: Any, session: Any) -> None:
+        self.graph = graph
+        self.session = session
+
+    def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call ``fn`` with the owning graph and session as this thread's defaults."""
+        with self.graph.as_default(), self.session.as_default():
+            return fn(*args, **kwargs)
+
+    def bind(self, fn: Callable[..., Any]) -> _InGraph:
+        """``fn`` as a callable that always runs inside the owning graph and session."""
+        return _InGraph(fn, self)
+
+
+class _InGraph:
+    """A model method bound to its owning graph and session; otherwise looks like it."""
+
+    __slots__ = ("_fn", "_owner")
+
+    def __init__(self, fn: Callable[..., Any], owner: GraphOwner) -> None:
+        self._fn = fn
+        self._owner = owner
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._owner.call(self._fn, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fn, name)
+
+    def __repr__(self) -> str:
+        return f"<{self._fn!r} in its owning TF1 graph and session>"
+
+
+def load_owned(load: Callable[[], Any]) -> tuple[Any, GraphOwner | None]:
+    """Run ``load`` and return the model with the graph and session that own it.
+
+    Graph mode needs TensorFlow imported already (it is switched on through
+    it), so an eager process pays nothing here. When the caller entered a
+    default session, that session and its graph own the model; otherwise a
+    private graph and session do, so that a later ``clear_session()`` on the
+    loading thread (which closes Keras' own session) cannot break the model.
+    """
+    tf = sys.modules.get("tensorflow")
+    if tf is None or tf.executing_eagerly():
+        return load(), None
+    v1 = tf.compat.v1
+    session = v1.get_default_session()
+    graph = session.graph if session is not None else tf.Graph()
+    if session is None:
+        session = v1.Session(graph=graph)
+    with graph.as_default(), session.as_default():
+        model = load()
+    return model, GraphOwner(graph, session)

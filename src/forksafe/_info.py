@@ -1,0 +1,74 @@
+"""``forksafe.info(proxy)``: what a proxy holds in this process, without loading it."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from forksafe import _forking
+from forksafe._proxy import ModelProxy
+
+__all__ = ["ProxyInfo", "info"]
+
+_BACKEND_OF_PACKAGE = {
+    "tf_keras": "tensorflow",
+    "tensorflow": "tensorflow",
+    "torch": "torch",
+    "jax": "jax",
+    "flax": "jax",
+}
+
+
+@dataclass(frozen=True)
+class ProxyInfo:
+    """A snapshot of one proxy in the current process.
+
+    Attributes:
+        loaded: the model is loaded in this process.
+        loads: how many times this process loaded it (1 once loaded; 0 before).
+        owner_pid: the pid that loaded the model now held, or ``None``.
+        backend: the framework that runs the model (``"tensorflow"``,
+            ``"jax"``, ``"torch"``), or ``None`` when not loaded or unknown.
+        graph_mode: the model lives in a TF1 graph and session that every
+            call re-enters.
+        isolation: the isolation option the proxy was created with.
+        source: the path, or the factory's name.
+        generation: how many forks lie between this process and the
+            process that imported forksafe first.
+    """
+
+    loaded: bool
+    loads: int
+    owner_pid: int | None
+    backend: str | None
+    graph_mode: bool
+    isolation: str
+    source: str
+    generation: int
+
+
+def _backend_of(model: object) -> str | None:
+    package = type(model).__module__.partition(".")[0]
+    if package == "keras":
+        keras = sys.modules.get("keras")
+        config = getattr(keras, "config", None)
+        return str(config.backend()) if config is not None else None
+    return _BACKEND_OF_PACKAGE.get(package)
+
+
+def info(proxy: ModelProxy) -> ProxyInfo:
+    """Describe ``proxy`` in this process; never loads the model."""
+    if not isinstance(proxy, ModelProxy):
+        raise TypeError(f"info() takes a forksafe.ModelProxy, got {type(proxy).__name__}")
+    # Read the proxy's own state directly: ``proxy.x`` could forward and load.
+    model = proxy._self_model
+    return ProxyInfo(
+        loaded=model is not None,
+        loads=proxy._self_loads,
+        owner_pid=proxy._self_owner_pid if model is not None else None,
+        backend=_backend_of(model) if model is not None else None,
+        graph_mode=proxy._self_owner is not None,
+        isolation=proxy._self_isolation,
+        source=proxy._self_source.describe(),
+        generation=_forking.generation,
+    )

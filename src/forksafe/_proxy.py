@@ -1,0 +1,258 @@
+"""``ModelProxy``: a lazy, per-process model behind a ``wrapt`` object proxy."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import wrapt
+
+from forksafe import _forking, _runtime
+from forksafe._errors import ForkSafeError, InheritedRuntimeError
+from forksafe._graph import GraphOwner, load_owned
+from forksafe._source import Source
+
+__all__ = ["ISOLATIONS", "ModelProxy", "lazy_model", "load_model"]
+
+ISOLATIONS = ("auto", "inprocess")
+
+if TYPE_CHECKING:
+    _Base = wrapt.BaseObjectProxy[Any]
+else:
+    _Base = wrapt.BaseObjectProxy
+
+
+class ModelProxy(_Base):
+    """A model that is loaded lazily, once per process, and never reused across a fork.
+
+    Create one with :func:`load_model` or :func:`lazy_model`. Until first use
+    it holds only its source. The first attribute access, call or method
+    call loads the model in the current process (once, even when threads
+    race); afterwards everything is forwarded to the model. In a fork child
+    the parent's model is forgotten and loaded afresh on first use. A proxy
+    pickles as its source, so a spawned worker receives a proxy that loads
+    there.
+    """
+
+    # Class-level defaults: reading proxy state never falls through to
+    # ``__getattr__``, so it can never recurse or load.
+    _self_model: Any = None
+    _self_owner: GraphOwner | None = None
+    _self_owner_pid: int = 0
+    _self_loads: int = 0
+    _self_loading: int | None = None
+    _self_isolation: str = "auto"
+
+    def __init__(self, source: Source, isolation: str = "auto") -> None:
+        # ``None`` with ``__wrapped_factory__`` defined keeps wrapt's C pointer
+        # empty, so wrapt's own forwarding paths call ``__wrapped_get__``.
+        super().__init__(None)
+        self._self_source = source
+        self._self_isolation = isolation
+        self._self_lock = threading.RLock()
+        _forking.register(self)
+
+    # -- loading ------------------------------------------------------------
+
+    def __wrapped_factory__(self) -> Any:
+        return self._self_resolve()
+
+    def __wrapped_get__(self) -> Any:
+        return self._self_resolve()
+
+    def __wrapped_setattr_fixups__(self) -> None:
+        # wrapt looks this hook up when ``__wrapped__`` is set; defining it
+        # keeps that lookup away from ``__getattr__`` (which would load).
+        return None
+
+    def _self_resolve(self) -> Any:
+        """The model of this process, loading it if needed (the slow path)."""
+        _forking.check_pid()
+        with self._self_lock:
+            model = self._self_model
+            if model is not None:
+                return model
+            if self._self_loading == threading.get_ident():
+                raise ForkSafeError(
+                    f"the model {self._self_source.describe()!r} was used while it was being "
+                    "loaded, by the loader or factory itself; it must not use its own proxy"
+                )
+            self._check_runtime()
+            self._self_loading = threading.get_ident()
+            try:
+                model, owner = load_owned(self._self_source.load)
+            finally:
+                self._self_loading = None
+            _runtime.note_loaded()
+            self._self_owner = owner
+            self._self_owner_pid = os.getpid()
+            self._self_loads += 1
+            # Published last: the lock-free fast path reads only this.
+            self._self_model = model
+            self.__wrapped__ = model
+            return model
+
+    def _check_runtime(self) -> None:
+        blocked = _runtime.inherited()
+        if blocked:
+            raise InheritedRuntimeError(
+                _runtime.explain_inherited(blocked, what=self._self_source.describe())
+            )
+
+    def _self_after_fork(self, keep: list[Any]) -> None:
+        """Fork-child hook: forget the parent's model; no framework code, no I/O."""
+        if self._self_model is not None:
+            keep.append((self._self_model, self._self_owner))
+        self._self_model = None
+        self._self_owner = None
+        self._self_owner_pid = 0
+        self._self_loads = 0
+        self._self_loading = None
+        self._self_lock = threading.RLock()
+
+    # -- forwarding (the hot path) -----------------------------------------
+
+    def __getattr__(self, name: str) -> Any:
+        model = self._self_model
+        if model is None:
+            if name.startswith("_self_"):
+                raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+            model = self._self_resolve()
+        value = getattr(model, name)
+        owner = self._self_owner
+        if owner is not None and callable(value):
+            return owner.bind(value)
+        return value
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        model = self._self_model
+        if model is None:
+            model = self._self_resolve()
+        owner = self._self_owner
+        if owner is None:
+            return model(*args, **kwargs)
+        return owner.call(model, *args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_self_") or name == "__wrapped__":
+            super().__setattr__(name, value)
+        else:
+            setattr(
+                self._self_model if self._self_model is not None else self._self_resolve(),
+                name,
+                value,
+            )
+
+    def __delattr__(self, name: str) -> None:
+        if name.startswith("_self_"):
+            super().__delattr__(name)
+        else:
+            delattr(
+                self._self_model if self._self_model is not None else self._self_resolve(), name
+            )
+
+    # -- what never loads ---------------------------------------------------
+
+    def __repr__(self) -> str:
+        if self._self_model is not None:
+            state = f"loaded in pid {self._self_owner_pid}"
+        else:
+            state = "not loaded in this process"
+        return (
+            f"<forksafe.ModelProxy {self._self_source.describe()!r} "
+            f"isolation={self._self_isolation!r}, {state}>"
+        )
+
+    __str__ = __repr__
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Callable[..., ModelProxy], tuple[Any, ...]]:
+        # Ships the source, never the model: the receiver loads lazily.
+        return ModelProxy, (self._self_source, self._self_isolation)
+
+    def __reduce__(self) -> tuple[Callable[..., ModelProxy], tuple[Any, ...]]:
+        return self.__reduce_ex__(2)
+
+    def __copy__(self) -> ModelProxy:
+        return ModelProxy(self._self_source, self._self_isolation)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> ModelProxy:
+        return ModelProxy(self._self_source, self._self_isolation)
+
+
+def _check_isolation(isolation: Any) -> str:
+    if isolation == "process":
+        raise NotImplementedError(
+            "isolation='process' needs the out-of-process model host, which this version of "
+            "forksafe does not have yet; use 'auto' or 'inprocess'"
+        )
+    if not isinstance(isolation, str) or isolation not in ISOLATIONS:
+        raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+    return isolation
+
+
+def load_model(
+    source: str | os.PathLike[str],
+    *,
+    loader: Callable[..., Any] | None = None,
+    isolation: str = "auto",
+    **load_kwargs: Any,
+) -> ModelProxy:
+    """Return a proxy that loads the model at ``source`` lazily, once per process.
+
+    Nothing is loaded and no framework is imported until the proxy is used.
+
+    Args:
+        source: path to a ``.keras`` file, an ``.h5``/``.hdf5`` file or a
+            TensorFlow SavedModel directory. Made absolute now, so a worker
+            that changes directory still finds it.
+        loader: a picklable callable ``loader(source, **load_kwargs)``. The
+            default is ``keras.models.load_model``, or
+            ``tf_keras.models.load_model`` when ``TF_USE_LEGACY_KERAS=1``.
+            With Keras 3 a SavedModel directory is wrapped in
+            ``keras.layers.TFSMLayer`` inside a ``keras.Sequential``
+            (inference only: ``predict``, ``predict_on_batch``, ``__call__``).
+        isolation: ``"auto"`` (default) or ``"inprocess"``: the model runs in
+            this process; in a fork child of a process that had started a
+            framework runtime, use raises :class:`InheritedRuntimeError` at
+            once instead of hanging.
+        **load_kwargs: passed to the loader (``custom_objects``, ``compile``,
+            ``safe_mode`` ...; Keras' ``safe_mode`` stays on by default).
+
+    Raises:
+        TypeError: ``source`` is not a path, or ``loader`` is not callable.
+        ValueError: ``source`` is empty or ``isolation`` is unknown.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            "source must be a path (str or os.PathLike) to a .keras or .h5 file or a "
+            f"SavedModel directory, got {type(source).__name__}; for a model built by code "
+            "use forksafe.lazy_model(factory)"
+        )
+    path = os.fspath(source)
+    if not isinstance(path, str):
+        raise TypeError(f"source must be a text path, got {type(path).__name__}")
+    if not path:
+        raise ValueError("source is an empty path")
+    if loader is not None and not callable(loader):
+        raise TypeError(f"loader must be callable, got {type(loader).__name__}")
+    iso = _check_isolation(isolation)
+    return ModelProxy(Source(path=os.path.abspath(path), loader=loader, kwargs=load_kwargs), iso)
+
+
+def lazy_model(
+    factory: Callable[..., Any], *args: Any, isolation: str = "auto", **kwargs: Any
+) -> ModelProxy:
+    """Return a proxy whose model is ``factory(*args, **kwargs)``, built lazily per process.
+
+    ``factory`` must be picklable (a module-level function) for the proxy to
+    reach spawned workers. ``isolation`` is as for :func:`load_model`.
+
+    Raises:
+        TypeError: ``factory`` is not callable.
+    """
+    if not callable(factory):
+        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
+    iso = _check_isolation(isolation)
+    return ModelProxy(Source(factory=factory, args=args, kwargs=kwargs), iso)

@@ -1,0 +1,100 @@
+"""The core promise with real TensorFlow and real ``os.fork``: load per process, never hang."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import forksafe
+from tests import scenarios
+from tests.helpers import run_clean
+from tests.models import Models
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def test_child_of_untouched_parent_loads_and_predicts(models: Models) -> None:
+    """A child of a parent that never ran TensorFlow loads its own model and predicts right."""
+    _, reference = models.reference()
+    result = run_clean(scenarios.untouched_parent, models).get()
+    child = result["child"]
+    assert not child["before"].loaded
+    assert child["after"].loaded
+    assert child["after"].loads == 1
+    assert child["after"].owner_pid == child["pid"]
+    assert child["after"].generation >= 1
+    np.testing.assert_allclose(child["y"], reference, atol=1e-5)
+    # The parent was not loaded by the child's use, and predicts the same numbers itself.
+    assert not result["parent_before"].loaded
+    assert not result["parent_state"].started
+    np.testing.assert_allclose(result["parent_y"], child["y"], atol=1e-6)
+
+
+def test_child_of_parent_that_ran_tensorflow_fails_fast(models: Models) -> None:
+    """The child of a parent that ran one TF op raises InheritedRuntimeError, never hangs."""
+    result = run_clean(scenarios.touched_parent, models).get()
+    error = result["error"]
+    assert isinstance(error, forksafe.InheritedRuntimeError)
+    assert isinstance(error, RuntimeError)
+    assert isinstance(error, forksafe.ForkSafeError)
+    assert result["elapsed"] < 5.0
+    message = str(error)
+    assert "TensorFlow" in message
+    assert f"parent process {result['parent_pid']}" in message
+    assert result["where"] in message  # the parent's file:line that started the runtime
+    assert "spawn" in message
+    assert "forkserver" in message
+
+
+def test_child_never_reuses_the_parents_loaded_model(models: Models) -> None:
+    """After the parent loaded through the proxy, the child holds nothing and refuses to load."""
+    result = run_clean(scenarios.loaded_parent, models).get()
+    before, error = result["child"]
+    assert result["parent"].loaded
+    assert not before.loaded
+    assert before.loads == 0
+    assert before.owner_pid is None
+    assert isinstance(error, forksafe.InheritedRuntimeError)
+    assert result["elapsed"] < 5.0
+
+
+def test_framework_free_model_is_rebuilt_in_child_and_grandchild() -> None:
+    """Without a framework runtime the child, and its child, each build their own model."""
+    result = run_clean(scenarios.numpy_model_never_reused, spawn=True).get()
+    child = result["child"]
+    assert result["parent_built_in"] == result["parent_pid"]
+    assert not child["first"].loaded
+    assert child["built_in"] == child["pid"] != result["parent_pid"]
+    was_loaded, built_in, pid, info = child["grandchild"]
+    assert not was_loaded
+    assert built_in == pid != child["pid"]
+    assert info.loads == 1
+    assert info.generation == child["first"].generation + 1
+    np.testing.assert_array_equal(child["y"], np.full(2, 3.0))
+
+
+def test_fork_while_another_thread_holds_the_load_lock() -> None:
+    """A fork mid-load (lock held by a thread the child lacks) neither deadlocks nor reuses."""
+    result = run_clean(scenarios.fork_while_loading, 1.0, spawn=True).get()
+    child = result["child"]
+    assert child["built_in"] == child["pid"]  # built in the child, not inherited half-done
+    assert child["info"].loads == 1
+    assert result["parent"].loads == 1
+
+
+def test_fork_while_keras_is_loading_never_hangs(models: Models) -> None:
+    """A fork while another thread is inside Keras' load: the child refuses at once."""
+    result = run_clean(scenarios.fork_while_keras_loads, models).get()
+    assert result["elapsed"] < 5.0
+    if result["error"] is None:  # the fork won the race: nothing had started yet
+        np.testing.assert_allclose(result["value"], models.reference()[1], atol=1e-5)
+    else:
+        assert isinstance(result["error"], forksafe.InheritedRuntimeError)
+
+
+def test_grandchildren_follow_the_same_rule(models: Models) -> None:
+    """A fork of an untouched fork predicts; a fork of a fork that ran TF refuses."""
+    result = run_clean(scenarios.child_of_untouched_child, models).get()
+    np.testing.assert_allclose(result["clean"], models.reference()[1], atol=1e-5)
+    assert isinstance(result["poisoned"], forksafe.InheritedRuntimeError)
+    assert f"parent process {result['child_pid']}" in str(result["poisoned"])

@@ -1,0 +1,102 @@
+"""Tiny, real, deterministic models written in every format the tests load.
+
+Weights come from a seeded generator and the reference output is computed
+with numpy from those weights, so no expected number is written by hand.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SEED = 20261122
+
+
+@dataclass(frozen=True)
+class Models:
+    """Paths of the saved models and the reference input/output."""
+
+    directory: str
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    @property
+    def keras(self) -> str:
+        return self.path("tiny.keras")
+
+    @property
+    def h5(self) -> str:
+        return self.path("tiny.h5")
+
+    @property
+    def savedmodel(self) -> str:
+        return self.path("tiny_savedmodel")
+
+    @property
+    def tf_keras_h5(self) -> str:
+        return self.path("tiny_tf_keras.h5")
+
+    @property
+    def lambda_keras(self) -> str:
+        return self.path("lambda.keras")
+
+    def reference(self) -> tuple[np.ndarray, np.ndarray]:
+        data = np.load(self.path("reference.npz"))
+        return data["x"], data["y"]
+
+
+def weights() -> list[np.ndarray]:
+    """The seeded weights of the tiny model: W1, b1, W2, b2."""
+    rng = np.random.default_rng(SEED)
+    return [rng.standard_normal(shape).astype("float32") for shape in ((4, 8), (8,), (8, 3), (3,))]
+
+
+def numpy_forward(x: np.ndarray) -> np.ndarray:
+    """The tiny model computed with numpy alone: the reference output."""
+    w1, b1, w2, b2 = weights()
+    return (np.maximum(x @ w1 + b1, 0.0) @ w2 + b2).astype("float32")
+
+
+def build_keras(name: str = "tiny") -> Any:
+    """Build the tiny Keras 3 model with the seeded weights."""
+    import keras
+
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, activation="relu", name="hidden"),
+            keras.layers.Dense(3, name="out"),
+        ],
+        name=name,
+    )
+    model.set_weights(weights())
+    return model
+
+
+def build_all(directory: str) -> Models:
+    """Write every model file into ``directory`` (run in a throwaway process)."""
+    import keras
+    import tf_keras
+
+    models = Models(directory)
+    model = build_keras()
+    model.save(models.keras)
+    model.save(models.h5)
+    model.export(models.savedmodel, verbose=False)
+
+    legacy = tf_keras.Sequential(
+        [tf_keras.layers.Dense(8, activation="relu", input_shape=(4,)), tf_keras.layers.Dense(3)]
+    )
+    legacy.set_weights(weights())
+    legacy.save(models.tf_keras_h5)
+
+    unsafe = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: t * 2.0)])
+    unsafe.save(models.lambda_keras)
+
+    x = np.random.default_rng(SEED + 1).standard_normal((8, 4)).astype("float32")
+    np.savez(models.path("reference.npz"), x=x, y=numpy_forward(x))
+    return models

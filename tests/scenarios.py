@@ -1,0 +1,235 @@
+"""Scenarios that run inside a clean process (see ``helpers.run_clean``).
+
+They are module-level so a forkserver or spawn child can import them; each
+returns plain data for the test to assert on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+import forksafe
+from tests.helpers import fork_call
+from tests.models import Models
+
+CHILD_TIMEOUT = 30.0
+
+
+class NumpyModel:
+    """A framework-free model that remembers which process built it."""
+
+    def __init__(self, scale: float = 2.0, delay: float = 0.0) -> None:
+        time.sleep(delay)
+        self.scale = scale
+        self.built_in = os.getpid()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x * self.scale
+
+
+def predict_in_child(proxy: Any, x: np.ndarray) -> dict[str, Any]:
+    """Predict through the proxy and report its state before and after."""
+    before = forksafe.info(proxy)
+    y = proxy.predict_on_batch(x)
+    return {
+        "before": before,
+        "after": forksafe.info(proxy),
+        "y": np.asarray(y),
+        "pid": os.getpid(),
+        "state": forksafe.runtime_state(),
+    }
+
+
+def use_in_child(proxy: Any, x: np.ndarray) -> Any:
+    """Predict through the proxy."""
+    return proxy.predict_on_batch(x)
+
+
+def untouched_parent(models: Models) -> dict[str, Any]:
+    """Parent only created the proxy; the child loads and predicts."""
+    x, _ = models.reference()
+    proxy = forksafe.load_model(models.keras)
+    child = fork_call(predict_in_child, proxy, x, timeout=CHILD_TIMEOUT).get()
+    parent_before = forksafe.info(proxy)
+    parent_state = forksafe.runtime_state().tensorflow
+    parent_y = np.asarray(proxy.predict_on_batch(x))
+    return {
+        "child": child,
+        "parent_before": parent_before,
+        "parent_state": parent_state,
+        "parent_y": parent_y,
+    }
+
+
+def touched_parent(models: Models) -> dict[str, Any]:
+    """Parent ran one TensorFlow op before forking; the child must fail fast."""
+    import keras
+
+    x, _ = models.reference()
+    proxy = forksafe.load_model(models.keras)
+    line = sys._getframe().f_lineno + 1
+    keras.ops.convert_to_tensor(x) + 1.0
+    outcome = fork_call(use_in_child, proxy, x, timeout=CHILD_TIMEOUT)
+    return {
+        "error": outcome.error,
+        "elapsed": outcome.elapsed,
+        "where": f"{__file__}:{line}",
+        "parent_pid": os.getpid(),
+    }
+
+
+def loaded_parent(models: Models) -> dict[str, Any]:
+    """Parent loaded through the proxy; the child forgets that model and fails fast."""
+    x, _ = models.reference()
+    proxy = forksafe.load_model(models.keras)
+    proxy.predict_on_batch(x)
+
+    def child() -> Any:
+        before = forksafe.info(proxy)
+        try:
+            proxy.predict_on_batch(x)
+        except forksafe.InheritedRuntimeError as exc:
+            return before, exc
+        return before, None
+
+    outcome = fork_call(child, timeout=CHILD_TIMEOUT)
+    return {"child": outcome.get(), "elapsed": outcome.elapsed, "parent": forksafe.info(proxy)}
+
+
+def numpy_model_never_reused() -> dict[str, Any]:
+    """A framework-free model loaded in the parent is rebuilt in the child, and its grandchild."""
+    proxy = forksafe.lazy_model(NumpyModel, 3.0)
+    parent_built_in = proxy.built_in
+
+    def child() -> dict[str, Any]:
+        first = forksafe.info(proxy)
+        built_in = proxy.built_in
+        grandchild = fork_call(
+            lambda: (
+                forksafe.info(proxy).loaded,
+                proxy.built_in,
+                os.getpid(),
+                forksafe.info(proxy),
+            ),
+            timeout=10,
+        ).get()
+        return {
+            "first": first,
+            "built_in": built_in,
+            "pid": os.getpid(),
+            "grandchild": grandchild,
+            "y": proxy.predict(np.ones(2)),
+        }
+
+    return {
+        "parent_pid": os.getpid(),
+        "parent_built_in": parent_built_in,
+        "child": fork_call(child, timeout=CHILD_TIMEOUT).get(),
+    }
+
+
+def fork_while_loading(delay: float) -> dict[str, Any]:
+    """Another thread holds the load lock (inside the factory) while this thread forks."""
+    proxy = forksafe.lazy_model(NumpyModel, 5.0, delay=delay)
+    loader = threading.Thread(target=lambda: proxy.predict, daemon=True)
+    loader.start()
+    deadline = time.monotonic() + 5
+    while proxy._self_loading is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proxy._self_loading is not None, "the loading thread never started loading"
+
+    def child() -> dict[str, Any]:
+        start = time.monotonic()
+        return {
+            "built_in": proxy.built_in,
+            "pid": os.getpid(),
+            "seconds": time.monotonic() - start,
+            "info": forksafe.info(proxy),
+        }
+
+    outcome = fork_call(child, timeout=CHILD_TIMEOUT)
+    loader.join(CHILD_TIMEOUT)
+    return {"child": outcome.get(), "parent": forksafe.info(proxy)}
+
+
+def fork_while_keras_loads(models: Models) -> dict[str, Any]:
+    """Fork while another thread is inside Keras' load: the child answers or refuses, at once."""
+    x, _ = models.reference()
+    proxy = forksafe.load_model(models.keras)
+    loader = threading.Thread(target=lambda: proxy.predict_on_batch(x), daemon=True)
+    loader.start()
+    deadline = time.monotonic() + 10
+    while proxy._self_loading is None and proxy._self_model is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    outcome = fork_call(use_in_child, proxy, x, timeout=CHILD_TIMEOUT)
+    loader.join(CHILD_TIMEOUT)
+    return {"value": outcome.value, "error": outcome.error, "elapsed": outcome.elapsed}
+
+
+def child_of_untouched_child(models: Models) -> dict[str, Any]:
+    """Grandchildren: a fork of an untouched fork loads; a fork of a loaded fork refuses."""
+    x, _ = models.reference()
+    proxy = forksafe.load_model(models.keras)
+
+    def child() -> dict[str, Any]:
+        clean = fork_call(use_in_child, proxy, x, timeout=CHILD_TIMEOUT)
+        proxy.predict_on_batch(x)  # the child now starts TensorFlow itself
+        poisoned = fork_call(use_in_child, proxy, x, timeout=CHILD_TIMEOUT)
+        return {"clean": clean.get(), "poisoned": poisoned.error, "child_pid": os.getpid()}
+
+    return fork_call(child, timeout=2 * CHILD_TIMEOUT).get()  # type: ignore[no-any-return]
+
+
+def graph_mode(models: Models, user_session: bool) -> dict[str, Any]:
+    """TF1 graph mode with tf_keras: predict from another thread after ``clear_session()``."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tensorflow as tf
+    import tf_keras
+
+    tf.compat.v1.disable_eager_execution()
+    x, _ = models.reference()
+    proxy = forksafe.load_model(models.tf_keras_h5, compile=False)
+    session = None
+    if user_session:
+        graph = tf.Graph()
+        session = tf.compat.v1.Session(graph=graph)
+        with graph.as_default(), session.as_default():
+            proxy.predict  # noqa: B018  (first use loads, inside the caller's session)
+    main_y = proxy.predict(x)
+    bare = proxy.__wrapped__
+    tf_keras.backend.clear_session()
+    results: dict[str, Any] = {}
+
+    def other_thread() -> None:
+        try:
+            bare.predict(x)
+            results["bare"] = None
+        except Exception as exc:
+            results["bare"] = type(exc).__name__
+        results["predict"] = proxy.predict(x)
+        results["predict_on_batch"] = proxy.predict_on_batch(x)
+        results["weights"] = len(proxy.get_weights())
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join(60)
+    info = forksafe.info(proxy)
+    return {
+        "main": main_y,
+        "thread": results,
+        "info": info,
+        "owned_by_user": session is not None and proxy._self_owner.session is session,
+    }
+
+
+def spawn_worker(proxy: Any, x: np.ndarray) -> dict[str, Any]:
+    """Runs in a spawn worker: the proxy arrived pickled and loads here."""
+    before = forksafe.info(proxy)
+    y = np.asarray(proxy.predict_on_batch(x))
+    return {"before": before, "after": forksafe.info(proxy), "y": y, "pid": os.getpid()}

@@ -1,0 +1,44 @@
+"""Importing forksafe and creating proxies imports no framework and starts nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def run_python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter and return its output."""
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_import_and_proxy_creation_import_no_framework(tmp_path: object) -> None:
+    """Import forksafe, load_model, lazy_model, repr, info and pickle leave frameworks alone."""
+    out = run_python("""
+        import pickle, sys
+        import forksafe
+        p = forksafe.load_model("missing/model.keras")
+        q = forksafe.lazy_model(dict, a=1)
+        repr(p); str(q); forksafe.info(p); forksafe.runtime_state()
+        pickle.loads(pickle.dumps(p))
+        heavy = [m for m in ("tensorflow", "keras", "tf_keras", "jax", "torch") if m in sys.modules]
+        print(heavy, forksafe.info(p).loaded)
+    """)
+    assert out == "[] False"
+
+
+def test_public_api_is_sorted_and_complete() -> None:
+    """__all__ is sorted and every name in it exists."""
+    import forksafe
+
+    assert list(forksafe.__all__) == sorted(forksafe.__all__)
+    for name in forksafe.__all__:
+        assert hasattr(forksafe, name), name

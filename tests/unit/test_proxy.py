@@ -1,0 +1,202 @@
+"""The proxy in one process: lazy, loads once under racing threads, forwards everything."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import threading
+
+import numpy as np
+import pytest
+
+import forksafe
+from tests.models import Models
+from tests.scenarios import NumpyModel
+
+
+@pytest.fixture
+def keras_proxy(models: Models) -> forksafe.ModelProxy:
+    """A fresh, unloaded proxy of the tiny .keras model."""
+    return forksafe.load_model(models.keras)
+
+
+def test_nothing_loads_until_first_use(keras_proxy: forksafe.ModelProxy) -> None:
+    """Creation, repr, str and info never load."""
+    assert "not loaded" in repr(keras_proxy)
+    assert "not loaded" in str(keras_proxy)
+    info = forksafe.info(keras_proxy)
+    assert not info.loaded
+    assert info.loads == 0
+    assert info.owner_pid is None
+    assert info.backend is None
+    assert info.isolation == "auto"
+
+
+@pytest.mark.parametrize("fmt", ["keras", "h5", "savedmodel"])
+def test_every_format_predicts_the_reference(models: Models, fmt: str) -> None:
+    """.keras, .h5 and a SavedModel directory all answer predict/predict_on_batch/__call__."""
+    x, reference = models.reference()
+    proxy = forksafe.load_model(getattr(models, fmt))
+    np.testing.assert_allclose(proxy.predict_on_batch(x), reference, atol=1e-5)
+    np.testing.assert_allclose(proxy.predict(x, verbose=0), reference, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(proxy(x)), reference, atol=1e-5)
+    info = forksafe.info(proxy)
+    assert info.loaded
+    assert info.loads == 1
+    assert info.backend == "tensorflow"
+    assert not info.graph_mode
+
+
+def test_loaded_proxy_is_the_model(keras_proxy: forksafe.ModelProxy) -> None:
+    """isinstance, attributes, layers and method calls reach the real model."""
+    import keras
+
+    assert isinstance(keras_proxy, keras.Model)
+    assert isinstance(keras_proxy, forksafe.ModelProxy)
+    assert keras_proxy.name == "tiny"
+    assert [layer.name for layer in keras_proxy.layers] == ["hidden", "out"]
+    assert keras_proxy.input_shape == (None, 4)
+    assert len(keras_proxy.get_weights()) == 4
+    assert f"loaded in pid {forksafe.info(keras_proxy).owner_pid}" in repr(keras_proxy)
+
+
+def test_setattr_and_delattr_reach_the_model(keras_proxy: forksafe.ModelProxy) -> None:
+    """Setting an attribute on the proxy sets it on this process's model."""
+    keras_proxy.trainable = False
+    assert keras_proxy.__wrapped__.trainable is False
+    keras_proxy.custom_tag = "x"
+    assert keras_proxy.__wrapped__.custom_tag == "x"
+    del keras_proxy.custom_tag
+    assert not hasattr(keras_proxy.__wrapped__, "custom_tag")
+
+
+def test_missing_proxy_state_is_attribute_error_without_loading() -> None:
+    """A typo in a _self_ name is an AttributeError and loads nothing."""
+    proxy = forksafe.lazy_model(NumpyModel)
+    with pytest.raises(AttributeError, match="_self_nope"):
+        proxy._self_nope  # noqa: B018
+    assert not forksafe.info(proxy).loaded
+
+
+def test_missing_model_attribute_is_the_models_attribute_error() -> None:
+    """An attribute the model lacks raises the model's own AttributeError."""
+    proxy = forksafe.lazy_model(NumpyModel)
+    with pytest.raises(AttributeError, match="no_such_thing"):
+        proxy.no_such_thing  # noqa: B018
+
+
+def test_racing_threads_load_exactly_once(models: Models) -> None:
+    """32 threads released together on an unloaded proxy: one load, 32 right answers."""
+    x, reference = models.reference()
+    proxy = forksafe.load_model(models.keras)
+    barrier = threading.Barrier(32)
+    results: list[np.ndarray] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            barrier.wait(10)
+            results.append(np.asarray(proxy.predict_on_batch(x)))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert len(results) == 32
+    assert forksafe.info(proxy).loads == 1
+    for y in results:
+        np.testing.assert_allclose(y, reference, atol=1e-5)
+
+
+def test_lazy_model_passes_arguments() -> None:
+    """lazy_model calls factory(*args, **kwargs) once, on first use."""
+    proxy = forksafe.lazy_model(NumpyModel, 4.0, delay=0.0)
+    assert not forksafe.info(proxy).loaded
+    np.testing.assert_array_equal(proxy.predict(np.ones(3)), np.full(3, 4.0))
+    assert proxy.scale == 4.0
+    assert forksafe.info(proxy).source.endswith("NumpyModel()")
+    assert forksafe.info(proxy).backend is None
+
+
+def test_lazy_model_of_a_keras_factory(models: Models) -> None:
+    """A factory that builds a Keras model by code works like a file."""
+    from tests.models import build_keras
+
+    x, reference = models.reference()
+    proxy = forksafe.lazy_model(build_keras, "built")
+    np.testing.assert_allclose(proxy.predict_on_batch(x), reference, atol=1e-5)
+    assert proxy.name == "built"
+
+
+def test_factory_returning_none_is_a_load_error() -> None:
+    """A factory that returns None is reported, not cached as a model."""
+    proxy = forksafe.lazy_model(lambda: None)
+    with pytest.raises(forksafe.ModelLoadError, match="returned None"):
+        proxy.predict  # noqa: B018
+
+
+def test_factory_using_its_own_proxy_is_a_clear_error() -> None:
+    """A factory that touches the proxy it is building gets an error, not a deadlock."""
+    holder: list[forksafe.ModelProxy] = []
+
+    def factory() -> object:
+        return holder[0].something
+
+    holder.append(forksafe.lazy_model(factory))
+    with pytest.raises(forksafe.ForkSafeError, match="being loaded"):
+        holder[0].predict  # noqa: B018
+
+
+def test_pickle_ships_the_source_not_the_model(keras_proxy: forksafe.ModelProxy) -> None:
+    """A loaded proxy pickles small, and unpickles unloaded with the same source."""
+    keras_proxy.name  # noqa: B018  (load)
+    data = pickle.dumps(keras_proxy)
+    assert len(data) < 1000
+    clone = pickle.loads(data)
+    assert isinstance(clone, forksafe.ModelProxy)
+    assert not forksafe.info(clone).loaded
+    assert forksafe.info(clone).source == forksafe.info(keras_proxy).source
+
+
+def test_copy_gives_an_unloaded_proxy_of_the_same_source() -> None:
+    """Copy and deepcopy give independent proxies that load on their own."""
+    proxy = forksafe.lazy_model(NumpyModel)
+    proxy.scale  # noqa: B018
+    for clone in (copy.copy(proxy), copy.deepcopy(proxy)):
+        assert not forksafe.info(clone).loaded
+        assert clone.scale == 2.0
+        assert clone.__wrapped__ is not proxy.__wrapped__
+
+
+def test_failed_load_is_retried(tmp_path: object, models: Models) -> None:
+    """A load that failed is tried again on the next use, and succeeds once the file exists."""
+    import pathlib
+    import shutil
+
+    target = pathlib.Path(str(tmp_path)) / "later.keras"
+    proxy = forksafe.load_model(target)
+    with pytest.raises(forksafe.ModelLoadError, match="not found"):
+        proxy.predict_on_batch  # noqa: B018
+    shutil.copy(models.keras, target)
+    x, reference = models.reference()
+    np.testing.assert_allclose(proxy.predict_on_batch(x), reference, atol=1e-5)
+    assert forksafe.info(proxy).loads == 1
+
+
+def test_custom_loader_gets_path_and_kwargs(models: Models) -> None:
+    """loader=(path, **kwargs) is called with the absolute path and the load kwargs."""
+    import keras
+
+    calls: list[tuple[str, dict[str, object]]] = []
+
+    def loader(path: str, **kwargs: object) -> object:
+        calls.append((path, kwargs))
+        return keras.models.load_model(path, **kwargs)
+
+    proxy = forksafe.load_model(models.keras, loader=loader, compile=False)
+    assert proxy.name == "tiny"
+    assert calls == [(models.keras, {"compile": False})]
