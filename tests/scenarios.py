@@ -233,3 +233,52 @@ def spawn_worker(proxy: Any, x: np.ndarray) -> dict[str, Any]:
     before = forksafe.info(proxy)
     y = np.asarray(proxy.predict_on_batch(x))
     return {"before": before, "after": forksafe.info(proxy), "y": y, "pid": os.getpid()}
+
+
+def raw_fork_backstop(use_gevent: bool) -> dict[str, Any]:
+    """Fork with libc's ``fork()``, which skips Python's at-fork hooks entirely."""
+    import ctypes
+    import pickle
+    import select
+
+    if use_gevent:
+        import gevent.hub  # imported before the fork, as a gevent program would have
+    libc = ctypes.CDLL(None, use_errno=True)
+    loaded = forksafe.lazy_model(NumpyModel)
+    loaded.predict  # noqa: B018
+    unloaded = forksafe.lazy_model(NumpyModel)
+    read_fd, write_fd = os.pipe()
+    pid = libc.fork()
+    if pid == 0:
+        try:
+            seen: dict[str, Any] = {"pid": os.getpid()}
+            if use_gevent:
+                gevent.hub.reinit()
+            seen["loaded_first"] = loaded.built_in
+            seen["unloaded"] = unloaded.built_in  # resolution: the pid check runs here
+            seen["loaded_after"] = loaded.built_in
+            seen["generation"] = forksafe.info(loaded).generation
+            os.write(write_fd, pickle.dumps(seen))
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    try:
+        ready, _, _ = select.select([read_fd], [], [], CHILD_TIMEOUT)
+        data = os.read(read_fd, 1 << 16) if ready else b""
+    finally:
+        os.close(read_fd)
+        if not data:
+            os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert data, "raw-forked child gave no answer"
+    return {"parent_pid": os.getpid(), "child": pickle.loads(data)}
+
+
+def child_runtime_state(models: Models) -> dict[str, Any]:
+    """runtime_state() in parent and child after the parent loaded through a proxy."""
+    x, _ = models.reference()
+    proxy = forksafe.load_model(models.keras)
+    line = sys._getframe().f_lineno + 1
+    proxy.predict_on_batch(x)
+    child = fork_call(forksafe.runtime_state, timeout=CHILD_TIMEOUT).get()
+    return {"parent": forksafe.runtime_state(), "child": child, "where": f"{__file__}:{line}"}

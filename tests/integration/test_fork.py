@@ -98,3 +98,39 @@ def test_grandchildren_follow_the_same_rule(models: Models) -> None:
     np.testing.assert_allclose(result["clean"], models.reference()[1], atol=1e-5)
     assert isinstance(result["poisoned"], forksafe.InheritedRuntimeError)
     assert f"parent process {result['child_pid']}" in str(result["poisoned"])
+
+
+def test_runtime_state_in_parent_and_child(models: Models) -> None:
+    """The parent reports TensorFlow started (with where); the child reports it inherited."""
+    result = run_clean(scenarios.child_runtime_state, models).get()
+    parent, child = result["parent"].tensorflow, result["child"].tensorflow
+    assert parent.imported and parent.started and not parent.inherited
+    assert parent.started_at == result["where"]
+    assert child.inherited and not child.started
+    assert child.parent_pid == result["parent"].pid != result["child"].pid
+    assert child.started_at == result["where"]
+    assert result["child"].inherited == (child,)
+    assert not result["child"].jax.inherited and not result["child"].torch.inherited
+
+
+def test_fork_that_skips_python_hooks_is_caught_at_resolution() -> None:
+    """libc fork(): a loaded proxy still holds the parent's model until any proxy resolves.
+
+    Resolution compares pids and runs the child reset for every proxy; this is
+    the documented limit of a hot path without a system call.
+    """
+    result = run_clean(scenarios.raw_fork_backstop, False, spawn=True).get()
+    child, parent_pid = result["child"], result["parent_pid"]
+    assert child["loaded_first"] == parent_pid  # fast path: no syscall, not caught yet
+    assert child["unloaded"] == child["pid"]  # resolution: pid check, reset
+    assert child["loaded_after"] == child["pid"]  # ... which reset every proxy
+    assert child["generation"] == 1
+
+
+def test_gevent_reinit_after_a_raw_fork_resets_proxies() -> None:
+    """gevent's reinit (its documented step after a fork) runs forksafe's child reset."""
+    pytest.importorskip("gevent", reason="gevent is not installed")
+    result = run_clean(scenarios.raw_fork_backstop, True, spawn=True).get()
+    child = result["child"]
+    assert child["loaded_first"] == child["pid"] != result["parent_pid"]
+    assert child["unloaded"] == child["pid"]
