@@ -72,7 +72,7 @@ def touched_parent(models: Models) -> dict[str, Any]:
     import keras
 
     x, _ = models.reference()
-    proxy = forksafe.load_model(models.keras)
+    proxy = forksafe.load_model(models.keras, isolation="inprocess")
     line = sys._getframe().f_lineno + 1
     keras.ops.convert_to_tensor(x) + 1.0
     outcome = fork_call(use_in_child, proxy, x, timeout=CHILD_TIMEOUT)
@@ -87,7 +87,7 @@ def touched_parent(models: Models) -> dict[str, Any]:
 def loaded_parent(models: Models) -> dict[str, Any]:
     """Parent loaded through the proxy; the child forgets that model and fails fast."""
     x, _ = models.reference()
-    proxy = forksafe.load_model(models.keras)
+    proxy = forksafe.load_model(models.keras, isolation="inprocess")
     proxy.predict_on_batch(x)
 
     def child() -> Any:
@@ -161,7 +161,7 @@ def fork_while_loading(delay: float) -> dict[str, Any]:
 def fork_while_keras_loads(models: Models) -> dict[str, Any]:
     """Fork while another thread is inside Keras' load: the child answers or refuses, at once."""
     x, _ = models.reference()
-    proxy = forksafe.load_model(models.keras)
+    proxy = forksafe.load_model(models.keras, isolation="inprocess")
     loader = threading.Thread(target=lambda: proxy.predict_on_batch(x), daemon=True)
     loader.start()
     deadline = time.monotonic() + 10
@@ -175,7 +175,7 @@ def fork_while_keras_loads(models: Models) -> dict[str, Any]:
 def child_of_untouched_child(models: Models) -> dict[str, Any]:
     """Grandchildren: a fork of an untouched fork loads; a fork of a loaded fork refuses."""
     x, _ = models.reference()
-    proxy = forksafe.load_model(models.keras)
+    proxy = forksafe.load_model(models.keras, isolation="inprocess")
 
     def child() -> dict[str, Any]:
         clean = fork_call(use_in_child, proxy, x, timeout=CHILD_TIMEOUT)
@@ -282,3 +282,74 @@ def child_runtime_state(models: Models) -> dict[str, Any]:
     proxy.predict_on_batch(x)
     child = fork_call(forksafe.runtime_state, timeout=CHILD_TIMEOUT).get()
     return {"parent": forksafe.runtime_state(), "child": child, "where": f"{__file__}:{line}"}
+
+
+class HostProbe:
+    """A framework-free model with methods that exercise the host boundary."""
+
+    value = 42
+
+    def __init__(self) -> None:
+        self.built_in = os.getpid()
+
+    def echo(self, x: Any) -> Any:
+        return x
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x * 2.0
+
+    def slow(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    def hold(self, x: Any, seconds: float) -> Any:
+        time.sleep(seconds)
+        return x
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def unpicklable(self) -> Any:
+        return threading.Lock()
+
+    def boom(self) -> None:
+        raise ValueError("boom from the host")
+
+
+def poisoned_child_isolations(models: Models) -> dict[str, Any]:
+    """Parent ran predict with plain Keras; the child tries each isolation."""
+    import warnings
+
+    import keras
+
+    x, _ = models.reference()
+    bare = keras.models.load_model(models.keras)
+    reference = bare.predict(x, verbose=0)
+    proxies = {
+        iso: forksafe.load_model(models.keras, isolation=iso)
+        for iso in ("auto", "process", "inprocess")
+    }
+
+    def child() -> dict[str, Any]:
+        out: dict[str, Any] = {"pid": os.getpid()}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out["auto"] = proxies["auto"].predict(x, verbose=0)
+            out["auto_again"] = proxies["auto"].predict_on_batch(x)
+            out["auto_info"] = forksafe.info(proxies["auto"])
+            out["process"] = np.asarray(proxies["process"](x))
+            out["process_info"] = forksafe.info(proxies["process"])
+            try:
+                proxies["inprocess"].predict(x)
+                out["inprocess"] = None
+            except forksafe.InheritedRuntimeError as exc:
+                out["inprocess"] = exc
+        out["warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
+        out["tf_started_here"] = forksafe.runtime_state().tensorflow.started
+        return out
+
+    return {
+        "reference": reference,
+        "parent_pid": os.getpid(),
+        "child": fork_call(child, timeout=120).get(),
+    }

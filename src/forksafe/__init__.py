@@ -8,7 +8,15 @@ started the framework runtime.
 """
 
 from forksafe import _forking, _runtime
-from forksafe._errors import ForkSafeError, InheritedRuntimeError, ModelLoadError
+from forksafe._errors import (
+    ForkSafeError,
+    ForkSafeWarning,
+    HostCrashedError,
+    HostError,
+    HostTimeoutError,
+    InheritedRuntimeError,
+    ModelLoadError,
+)
 from forksafe._info import ProxyInfo, info
 from forksafe._proxy import ModelProxy, lazy_model, load_model
 from forksafe._runtime import BackendState, RuntimeState, runtime_state
@@ -17,6 +25,10 @@ from forksafe._version import __version__
 __all__ = [
     "BackendState",
     "ForkSafeError",
+    "ForkSafeWarning",
+    "HostCrashedError",
+    "HostError",
+    "HostTimeoutError",
     "InheritedRuntimeError",
     "ModelLoadError",
     "ModelProxy",

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-__all__ = ["ForkSafeError", "InheritedRuntimeError", "ModelLoadError"]
+__all__ = [
+    "ForkSafeError",
+    "ForkSafeWarning",
+    "HostCrashedError",
+    "HostError",
+    "HostTimeoutError",
+    "InheritedRuntimeError",
+    "ModelLoadError",
+]
 
 
 class ForkSafeError(Exception):
@@ -24,3 +32,26 @@ class InheritedRuntimeError(ForkSafeError, RuntimeError):
     The runtime's thread pools did not survive the fork, so any model work in
     this process would hang. Raised at once, before any framework call.
     """
+
+
+class HostError(ForkSafeError, RuntimeError):
+    """The out-of-process model host could not do what was asked.
+
+    Raised for values that cannot cross a process boundary (the message names
+    the attribute) and as the base of the host's failure modes.
+    """
+
+
+class HostCrashedError(HostError):
+    """The model host died during a call (killed, out of memory, crashed).
+
+    The next call through the proxy starts a new host.
+    """
+
+
+class HostTimeoutError(HostError, TimeoutError):
+    """The model host did not answer in time; it was stopped, and the next call starts anew."""
+
+
+class ForkSafeWarning(UserWarning):
+    """Something works, but not the way you probably expect (for example, out of process)."""

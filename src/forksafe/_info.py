@@ -32,6 +32,9 @@ class ProxyInfo:
         graph_mode: the model lives in a TF1 graph and session that every
             call re-enters.
         isolation: the isolation option the proxy was created with.
+        in_effect: where the model runs now, ``"inprocess"`` or
+            ``"process"``; ``None`` when not loaded in this process.
+        host_pid: the pid of the host process serving the model, if any.
         source: the path, or the factory's name.
         generation: how many forks lie between this process and the
             process that imported forksafe first.
@@ -43,11 +46,14 @@ class ProxyInfo:
     backend: str | None
     graph_mode: bool
     isolation: str
+    in_effect: str | None
+    host_pid: int | None
     source: str
     generation: int
 
 
-def _backend_of(model: object) -> str | None:
+def backend_of(model: object) -> str | None:
+    """The framework that runs ``model``, from the package its class comes from."""
     package = type(model).__module__.partition(".")[0]
     if package == "keras":
         keras = sys.modules.get("keras")
@@ -62,13 +68,17 @@ def info(proxy: ModelProxy) -> ProxyInfo:
         raise TypeError(f"info() takes a forksafe.ModelProxy, got {type(proxy).__name__}")
     # Read the proxy's own state directly: ``proxy.x`` could forward and load.
     model = proxy._self_model
+    hosted = proxy._self_in_effect == "process"
+    meta = model.meta if hosted else {}
     return ProxyInfo(
         loaded=model is not None,
         loads=proxy._self_loads,
         owner_pid=proxy._self_owner_pid if model is not None else None,
-        backend=_backend_of(model) if model is not None else None,
-        graph_mode=proxy._self_owner is not None,
+        backend=meta.get("backend") if hosted else backend_of(model) if model is not None else None,
+        graph_mode=bool(meta.get("graph_mode")) if hosted else proxy._self_owner is not None,
         isolation=proxy._self_isolation,
+        in_effect=proxy._self_in_effect,
+        host_pid=model.host_pid if hosted else None,
         source=proxy._self_source.describe(),
         generation=_forking.generation,
     )

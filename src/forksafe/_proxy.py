@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import wrapt
 
 from forksafe import _forking, _runtime
-from forksafe._errors import ForkSafeError, InheritedRuntimeError
+from forksafe._errors import ForkSafeError, ForkSafeWarning, InheritedRuntimeError
 from forksafe._graph import GraphOwner, load_owned
 from forksafe._source import Source
 
-__all__ = ["ISOLATIONS", "ModelProxy", "lazy_model", "load_model"]
+__all__ = ["DEFAULT_TIMEOUT", "ISOLATIONS", "ModelProxy", "lazy_model", "load_model"]
 
-ISOLATIONS = ("auto", "inprocess")
+ISOLATIONS = ("auto", "inprocess", "process")
+DEFAULT_TIMEOUT = 120.0
+_warned_pid = 0  # the ForkSafeWarning about going out of process: once per process
 
 if TYPE_CHECKING:
     _Base = wrapt.BaseObjectProxy[Any]
@@ -44,13 +47,18 @@ class ModelProxy(_Base):
     _self_loads: int = 0
     _self_loading: int | None = None
     _self_isolation: str = "auto"
+    _self_in_effect: str | None = None
+    _self_timeout: float = DEFAULT_TIMEOUT
 
-    def __init__(self, source: Source, isolation: str = "auto") -> None:
+    def __init__(
+        self, source: Source, isolation: str = "auto", timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
         # ``None`` with ``__wrapped_factory__`` defined keeps wrapt's C pointer
         # empty, so wrapt's own forwarding paths call ``__wrapped_get__``.
         super().__init__(None)
         self._self_source = source
         self._self_isolation = isolation
+        self._self_timeout = timeout
         self._self_lock = threading.RLock()
         _forking.register(self)
 
@@ -79,13 +87,19 @@ class ModelProxy(_Base):
                     f"the model {self._self_source.describe()!r} was used while it was being "
                     "loaded, by the loader or factory itself; it must not use its own proxy"
                 )
-            self._check_runtime()
+            in_effect = self._isolation_now()
             self._self_loading = threading.get_ident()
             try:
-                model, owner = load_owned(self._self_source.load)
+                if in_effect == "process":
+                    from forksafe._client import RemoteModel
+
+                    model, owner = RemoteModel(self._self_source, self._self_timeout), None
+                else:
+                    model, owner = load_owned(self._self_source.load)
+                    _runtime.note_loaded()
             finally:
                 self._self_loading = None
-            _runtime.note_loaded()
+            self._self_in_effect = in_effect
             self._self_owner = owner
             self._self_owner_pid = os.getpid()
             self._self_loads += 1
@@ -94,12 +108,23 @@ class ModelProxy(_Base):
             self.__wrapped__ = model
             return model
 
-    def _check_runtime(self) -> None:
+    def _isolation_now(self) -> str:
+        """Where the model must run in this process: ``"inprocess"`` or ``"process"``."""
+        if self._self_isolation == "process":
+            return "process"
         blocked = _runtime.inherited()
-        if blocked:
-            raise InheritedRuntimeError(
-                _runtime.explain_inherited(blocked, what=self._self_source.describe())
+        if not blocked:
+            return "inprocess"
+        what = self._self_source.describe()
+        if self._self_isolation == "inprocess":
+            raise InheritedRuntimeError(_runtime.explain_inherited(blocked, what=what))
+        global _warned_pid
+        if _warned_pid != os.getpid():
+            _warned_pid = os.getpid()
+            warnings.warn(
+                _runtime.explain_hosted(blocked, what=what), ForkSafeWarning, stacklevel=5
             )
+        return "process"
 
     def _self_after_fork(self, keep: list[Any]) -> None:
         """Fork-child hook: forget the parent's model; no framework code, no I/O."""
@@ -110,6 +135,7 @@ class ModelProxy(_Base):
         self._self_owner_pid = 0
         self._self_loads = 0
         self._self_loading = None
+        self._self_in_effect = None
         self._self_lock = threading.RLock()
 
     # -- forwarding (the hot path) -----------------------------------------
@@ -169,27 +195,24 @@ class ModelProxy(_Base):
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Callable[..., ModelProxy], tuple[Any, ...]]:
         # Ships the source, never the model: the receiver loads lazily.
-        return ModelProxy, (self._self_source, self._self_isolation)
+        return ModelProxy, (self._self_source, self._self_isolation, self._self_timeout)
 
     def __reduce__(self) -> tuple[Callable[..., ModelProxy], tuple[Any, ...]]:
         return self.__reduce_ex__(2)
 
     def __copy__(self) -> ModelProxy:
-        return ModelProxy(self._self_source, self._self_isolation)
+        return ModelProxy(self._self_source, self._self_isolation, self._self_timeout)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelProxy:
-        return ModelProxy(self._self_source, self._self_isolation)
+        return self.__copy__()
 
 
-def _check_isolation(isolation: Any) -> str:
-    if isolation == "process":
-        raise NotImplementedError(
-            "isolation='process' needs the out-of-process model host, which this version of "
-            "forksafe does not have yet; use 'auto' or 'inprocess'"
-        )
+def _check_options(isolation: Any, timeout: Any) -> tuple[str, float]:
     if not isinstance(isolation, str) or isolation not in ISOLATIONS:
         raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
-    return isolation
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    return isolation, float(timeout)
 
 
 def load_model(
@@ -197,6 +220,7 @@ def load_model(
     *,
     loader: Callable[..., Any] | None = None,
     isolation: str = "auto",
+    timeout: float = DEFAULT_TIMEOUT,
     **load_kwargs: Any,
 ) -> ModelProxy:
     """Return a proxy that loads the model at ``source`` lazily, once per process.
@@ -213,16 +237,23 @@ def load_model(
             With Keras 3 a SavedModel directory is wrapped in
             ``keras.layers.TFSMLayer`` inside a ``keras.Sequential``
             (inference only: ``predict``, ``predict_on_batch``, ``__call__``).
-        isolation: ``"auto"`` (default) or ``"inprocess"``: the model runs in
-            this process; in a fork child of a process that had started a
-            framework runtime, use raises :class:`InheritedRuntimeError` at
-            once instead of hanging.
+        isolation: where the model runs. ``"inprocess"``: in this process;
+            in a fork child of a process that had started a framework
+            runtime, use raises :class:`InheritedRuntimeError` at once
+            instead of hanging. ``"process"``: always in a host process of
+            its own. ``"auto"`` (default): in this process where it can run
+            there, else in a host process, with a :class:`ForkSafeWarning`
+            (once per process) saying why.
+        timeout: seconds that any one wait on a host may take (starting it,
+            loading, each call); on expiry the host is stopped and
+            :class:`HostTimeoutError` raised. Unused in-process.
         **load_kwargs: passed to the loader (``custom_objects``, ``compile``,
             ``safe_mode`` ...; Keras' ``safe_mode`` stays on by default).
 
     Raises:
         TypeError: ``source`` is not a path, or ``loader`` is not callable.
-        ValueError: ``source`` is empty or ``isolation`` is unknown.
+        ValueError: ``source`` is empty, ``isolation`` is unknown or
+            ``timeout`` is not a positive number.
     """
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
@@ -237,22 +268,28 @@ def load_model(
         raise ValueError("source is an empty path")
     if loader is not None and not callable(loader):
         raise TypeError(f"loader must be callable, got {type(loader).__name__}")
-    iso = _check_isolation(isolation)
-    return ModelProxy(Source(path=os.path.abspath(path), loader=loader, kwargs=load_kwargs), iso)
+    iso, seconds = _check_options(isolation, timeout)
+    source_ = Source(path=os.path.abspath(path), loader=loader, kwargs=load_kwargs)
+    return ModelProxy(source_, iso, seconds)
 
 
 def lazy_model(
-    factory: Callable[..., Any], *args: Any, isolation: str = "auto", **kwargs: Any
+    factory: Callable[..., Any],
+    *args: Any,
+    isolation: str = "auto",
+    timeout: float = DEFAULT_TIMEOUT,
+    **kwargs: Any,
 ) -> ModelProxy:
     """Return a proxy whose model is ``factory(*args, **kwargs)``, built lazily per process.
 
     ``factory`` must be picklable (a module-level function) for the proxy to
-    reach spawned workers. ``isolation`` is as for :func:`load_model`.
+    reach spawned workers, and for ``isolation="process"``. ``isolation`` and
+    ``timeout`` are as for :func:`load_model` (and are not passed to ``factory``).
 
     Raises:
         TypeError: ``factory`` is not callable.
     """
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    iso = _check_isolation(isolation)
-    return ModelProxy(Source(factory=factory, args=args, kwargs=kwargs), iso)
+    iso, seconds = _check_options(isolation, timeout)
+    return ModelProxy(Source(factory=factory, args=args, kwargs=kwargs), iso, seconds)

@@ -330,6 +330,22 @@ def explain_inherited(blocked: dict[str, _Start], *, what: str) -> str:
         "survive fork, so running the model here would hang. Fixes: keep the parent from "
         "running the framework (no predict, load_model or other ops at import time: let the "
         "proxy load in the workers); or start workers with the 'spawn' or 'forkserver' "
-        "method; or give the model its own process (isolation='process', coming with "
-        "forksafe's out-of-process host)."
+        "method; or let forksafe run the model in a host process of its own "
+        "(isolation='process', or the default isolation='auto')."
+    )
+
+
+def explain_hosted(blocked: dict[str, _Start], *, what: str) -> str:
+    """The ``ForkSafeWarning`` when ``auto`` moves a model out of process."""
+    first = next(iter(blocked.items()))
+    name, start = first
+    where = f" at {start.location}" if start.location and not start.location.startswith("(") else ""
+    return (
+        f"model {what!r} runs in a separate host process, because {_DISPLAY[name]} was "
+        f"started in parent process {start.pid}{where} before this process ({os.getpid()}) "
+        "was forked, and cannot run here. Each call now crosses a process boundary (tens of "
+        "microseconds, plus a copy of large arrays) and the host costs its own memory. To run "
+        "in-process, keep the parent from running the framework or start workers with "
+        "'spawn'/'forkserver'; pass isolation='process' to choose the host and silence this, "
+        "or isolation='inprocess' to get an error instead."
     )

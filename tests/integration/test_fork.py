@@ -31,7 +31,7 @@ def test_child_of_untouched_parent_loads_and_predicts(models: Models) -> None:
 
 
 def test_child_of_parent_that_ran_tensorflow_fails_fast(models: Models) -> None:
-    """The child of a parent that ran one TF op raises InheritedRuntimeError, never hangs."""
+    """With isolation="inprocess" the child of a parent that ran one TF op fails fast."""
     result = run_clean(scenarios.touched_parent, models).get()
     error = result["error"]
     assert isinstance(error, forksafe.InheritedRuntimeError)

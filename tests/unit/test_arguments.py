@@ -47,10 +47,11 @@ def test_unknown_isolation(isolation: object) -> None:
         forksafe.load_model("m.keras", isolation=isolation)  # type: ignore[arg-type]
 
 
-def test_process_isolation_is_not_available_yet() -> None:
-    """isolation='process' says plainly that the host does not exist in this version."""
-    with pytest.raises(NotImplementedError, match="out-of-process"):
-        forksafe.lazy_model(dict, isolation="process")
+def test_process_isolation_is_accepted() -> None:
+    """isolation="process" creates a proxy without starting anything."""
+    proxy = forksafe.lazy_model(dict, isolation="process")
+    info = forksafe.info(proxy)
+    assert info.isolation == "process" and info.in_effect is None and info.host_pid is None
 
 
 def test_info_needs_a_proxy() -> None:

@@ -1,0 +1,147 @@
+"""The model host's loop: load the model, then answer one client's requests.
+
+Runs in a process forked from the template. It exits when its client closes
+the connection or dies (watched through a pidfd where Linux has one), so a
+host never outlives the process it serves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import traceback
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from forksafe._errors import HostError
+from forksafe._graph import GraphOwner, load_owned
+from forksafe._transport import Outgoing, is_plain, to_plain, unpack
+
+__all__ = ["serve"]
+
+_POLL = 1.0  # seconds between liveness checks where there is no pidfd
+
+
+def _client_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _Host:
+    def __init__(self) -> None:
+        self.model: Any = None
+        self.owner: GraphOwner | None = None
+
+    def handle(self, request: tuple[Any, ...]) -> Any:
+        op = request[0]
+        if op == "load":
+            return self.load(request[1])
+        if op == "getattr":
+            return self.getattr(request[1])
+        if op == "call":
+            _, name, args, kwargs = request
+            return self.call(name, unpack(args), unpack(kwargs))
+        if op == "setattr":
+            setattr(self.model, request[1], unpack(request[2]))
+            return None
+        if op == "ping":
+            return os.getpid()
+        raise HostError(f"unknown request {op!r}")
+
+    def load(self, source: Any) -> dict[str, Any]:
+        from forksafe._info import backend_of
+
+        self.model, self.owner = load_owned(source.load)
+        kind = type(self.model)
+        return {
+            "backend": backend_of(self.model),
+            "graph_mode": self.owner is not None,
+            "type": f"{kind.__module__}.{kind.__qualname__}",
+        }
+
+    def getattr(self, name: str) -> tuple[str, Any]:
+        value = getattr(self.model, name)
+        if callable(value):
+            return ("callable", None)
+        if not is_plain(value):
+            raise HostError(
+                f"attribute {name!r} of the model is {_describe(value)}, which cannot "
+                "cross a process boundary; with the model in a host process only plain data "
+                "attributes (numbers, strings, arrays, and lists/tuples/dicts of them) and "
+                "method calls work"
+            )
+        return ("value", value)
+
+    def call(self, name: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        fn = self.model if name is None else getattr(self.model, name)
+        result = fn(*args, **kwargs) if self.owner is None else self.owner.call(fn, *args, **kwargs)
+        return to_plain(result)
+
+
+def _describe(value: Any) -> str:
+    kind = type(value).__name__
+    if isinstance(value, list | tuple | set | frozenset) and value:
+        inner = sorted({type(item).__name__ for item in value if not is_plain(item)})
+        return f"a {kind} of {', '.join(inner)}"
+    return f"a {kind}"
+
+
+def _error(exc: BaseException, what: str) -> tuple[str, Any, str]:
+    text = traceback.format_exc()
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        exc = HostError(f"{what} raised {type(exc).__name__}: {exc}")
+    return ("error", exc, text)
+
+
+def serve(conn: Connection, client_pid: int) -> None:
+    """Answer ``conn`` until the client goes away."""
+    host = _Host()
+    watched: list[Any] = [conn]
+    with contextlib.suppress(AttributeError, OSError):  # without a pidfd: poll the pid
+        watched.append(os.pidfd_open(client_pid))
+    pending = Outgoing()
+    conn.send(("hello", os.getpid()))
+    try:
+        while True:
+            ready = wait(watched, timeout=None if len(watched) > 1 else _POLL)
+            if not ready:
+                if not _client_alive(client_pid):
+                    return
+                continue
+            if conn not in ready:
+                return  # the pidfd fired: the client is gone
+            try:
+                request = conn.recv()
+            except (EOFError, OSError):
+                return
+            pending.release()  # the client has read the previous reply
+            try:
+                reply: tuple[str, Any, str] = ("ok", pending.pack(host.handle(request)), "")
+            except Exception as exc:
+                pending.release()
+                reply = _error(exc, f"the model host's {request[0]} request")
+            try:
+                conn.send(reply)
+            except (pickle.PicklingError, TypeError, AttributeError) as exc:
+                pending.release()
+                conn.send(
+                    _error(
+                        HostError(
+                            f"the result of {request[0]} {request[1]!r} cannot cross a process "
+                            f"boundary: {exc}"
+                        ),
+                        "send",
+                    )
+                )
+            except OSError:
+                return
+    finally:
+        pending.release()

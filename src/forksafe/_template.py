@@ -1,0 +1,145 @@
+"""The template process: imports the framework, never runs it, forks model hosts.
+
+Started by exec (never a fork of the client, whose runtime may be dead), it
+imports the frameworks the client uses, checks that doing so started no
+runtime, and listens on a Unix socket in a private directory. Every
+authenticated connection is handed to a freshly forked host that serves it:
+a host costs a fork, not a framework import. The template exits when the
+last process holding its stdin pipe (its creator and the creator's fork
+children) is gone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import threading
+from multiprocessing import resource_tracker
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from typing import Any
+
+__all__ = ["authenticate", "main", "set_receive_timeout"]
+
+_SO_PEERCRED_FORMAT = "3i"
+
+
+def set_receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """Bound every blocking read on ``sock``'s descriptor (0 removes the bound).
+
+    Works below ``Connection``, which reads the raw descriptor.
+    """
+    whole = int(seconds)
+    micro = int((seconds - whole) * 1e6)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))
+
+
+def authenticate(conn: Connection, authkey: bytes, *, server: bool) -> None:
+    """Mutual HMAC challenge, as ``multiprocessing.connection.Listener`` does it."""
+    if server:
+        deliver_challenge(conn, authkey)
+        answer_challenge(conn, authkey)
+    else:
+        answer_challenge(conn, authkey)
+        deliver_challenge(conn, authkey)
+
+
+def _preload(modules: list[str]) -> list[str]:
+    errors = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a missing optional framework is not fatal
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+    return errors
+
+
+def _watch_creator(directory: str) -> None:
+    # Raw os.read: no Python-level lock is held while blocked, so forking
+    # hosts while this thread waits is safe.
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    shutil.rmtree(directory, ignore_errors=True)
+    os._exit(0)
+
+
+def _serve_forever(listener: socket.socket, authkey: bytes) -> None:
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except InterruptedError:
+            continue
+        try:
+            pid, uid, _gid = struct.unpack(
+                _SO_PEERCRED_FORMAT,
+                sock.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(_SO_PEERCRED_FORMAT)
+                ),
+            )
+            if uid != os.getuid():
+                raise PermissionError("peer is another user")
+            set_receive_timeout(sock, 10.0)
+        except Exception:
+            sock.close()
+            continue
+        conn = Connection(sock.detach())
+        try:
+            authenticate(conn, authkey, server=True)
+        except Exception:  # a client that fails the handshake gets nothing
+            conn.close()
+            continue
+        child = os.fork()
+        if child == 0:
+            _become_host(listener, conn, pid)
+        conn.close()
+
+
+def _become_host(listener: socket.socket, conn: Connection, client_pid: int) -> None:
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        listener.close()
+        os.close(0)
+        # The handshake bound is on the socket, shared by every descriptor of it.
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+        set_receive_timeout(sock, 0)
+        sock.close()
+        from forksafe._host import serve
+
+        serve(conn, client_pid)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def main() -> None:
+    """Entry point: read the config from stdin, report on stdout, then fork hosts."""
+    reader = Connection(os.dup(0), writable=False)
+    config: dict[str, Any] = reader.recv()
+    reader.close()
+    sys.path[:] = config["sys_path"]
+    errors = _preload(config["preload"])
+    import forksafe
+
+    clean = not any(b.started or b.inherited for b in forksafe.runtime_state().backends)
+    resource_tracker.ensure_running()  # hosts share it instead of each starting one
+    directory = tempfile.mkdtemp(prefix="forksafe-")
+    os.chmod(directory, 0o700)
+    address = os.path.join(directory, "template.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(64)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # hosts are reaped automatically
+    writer = Connection(os.dup(1), readable=False)
+    writer.send({"address": address, "pid": os.getpid(), "clean": clean, "errors": errors})
+    writer.close()
+    threading.Thread(target=_watch_creator, args=(directory,), daemon=True).start()
+    _serve_forever(listener, config["authkey"])

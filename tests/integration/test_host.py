@@ -1,0 +1,266 @@
+"""The out-of-process host: real processes, real SIGKILLs, real shared memory, bounded waits."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+import forksafe
+from forksafe._transport import PREFIX
+from tests import scenarios
+from tests.helpers import fork_call, run_clean
+from tests.models import Models
+from tests.scenarios import HostProbe
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def shm_segments() -> set[str]:
+    """forksafe's shared-memory segments that exist right now."""
+    return {name for name in os.listdir("/dev/shm") if name.startswith(PREFIX)}
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def parent_of(pid: int) -> int:
+    """The parent pid of ``pid``."""
+    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Wait, bounded, for ``pid`` to exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def probe() -> Iterator[forksafe.ModelProxy]:
+    """A process-isolated HostProbe; no segment may be left after the test.
+
+    pytest holds fixture values until teardown ends, so the host is stopped
+    here by pid; ``test_host_exits_when_its_proxy_is_collected`` covers
+    collection.
+    """
+    before = shm_segments()
+    proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
+    yield proxy
+    pid = forksafe.info(proxy).host_pid
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        assert wait_gone(pid)
+    assert shm_segments() <= before
+
+
+def test_poisoned_child_answers_through_a_host(models: Models) -> None:
+    """Parent ran Keras predict; the child's auto and process proxies answer, inprocess refuses."""
+    result = run_clean(scenarios.poisoned_child_isolations, models, timeout=180).get()
+    child, reference = result["child"], result["reference"]
+    for key in ("auto", "auto_again", "process"):
+        np.testing.assert_allclose(child[key], reference, atol=1e-5)
+    assert isinstance(child["inprocess"], forksafe.InheritedRuntimeError)
+    info = child["auto_info"]
+    assert info.in_effect == "process" and info.isolation == "auto"
+    assert info.host_pid not in (None, child["pid"], result["parent_pid"])
+    assert info.backend == "tensorflow"
+    assert child["process_info"].host_pid != info.host_pid  # one host per proxy
+    assert not child["tf_started_here"]  # the child itself never ran TensorFlow
+    warned = [text for category, text in child["warnings"] if category == "ForkSafeWarning"]
+    assert len(warned) == 1  # once per process, though two proxies went out of process
+    assert "separate host process" in warned[0]
+    assert f"parent process {result['parent_pid']}" in warned[0]
+
+
+def test_hosts_are_forked_from_one_template(probe: forksafe.ModelProxy) -> None:
+    """Hosts for two proxies are children of the same template, not of this process."""
+    other = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
+    first, second = probe.pid(), other.pid()
+    assert first != second
+    assert os.getpid() not in (first, second)
+    assert parent_of(first) == parent_of(second) != os.getpid()
+    assert forksafe.info(probe).host_pid == first
+
+
+def test_method_calls_attributes_and_errors_cross_the_boundary(
+    probe: forksafe.ModelProxy,
+) -> None:
+    """Methods, plain attributes, the model's own exceptions, and clear HostErrors."""
+    np.testing.assert_array_equal(probe.predict(np.arange(4.0)), np.arange(4.0) * 2)
+    assert probe.value == 42
+    assert probe.built_in == forksafe.info(probe).host_pid
+    assert probe.echo({"a": [1, (2.5, "x")], "b": None}) == {"a": [1, (2.5, "x")], "b": None}
+    with pytest.raises(ValueError, match="boom from the host"):
+        probe.boom()
+    with pytest.raises(AttributeError):
+        probe.no_such_attribute  # noqa: B018
+    with pytest.raises(forksafe.HostError, match=r"unpicklable.*cannot cross a process boundary"):
+        probe.unpicklable()
+    assert probe.value == 42  # the host survived all of that
+
+
+def test_keras_attribute_that_cannot_cross_names_it(models: Models) -> None:
+    """A non-data attribute of a hosted Keras model is a HostError naming it."""
+    proxy = forksafe.load_model(models.keras, isolation="process", timeout=60)
+    x, reference = models.reference()
+    np.testing.assert_allclose(proxy.predict_on_batch(x), reference, atol=1e-5)
+    assert proxy.name == "tiny"
+    assert proxy.input_shape == (None, 4)
+    with pytest.raises(forksafe.HostError, match=r"'layers'.*list of Dense"):
+        proxy.layers  # noqa: B018
+
+
+def test_64mb_arrays_round_trip_bit_exact(probe: forksafe.ModelProxy) -> None:
+    """64 MB each way through shared memory, bit-exact, and no segment left behind."""
+    before = shm_segments()
+    array = np.random.default_rng(7).standard_normal(8 * 1024 * 1024)  # float64: 64 MB
+    assert array.nbytes == 64 * 1024 * 1024
+    back = probe.echo(array)
+    assert back.dtype == array.dtype and back.shape == array.shape
+    assert back.tobytes() == array.tobytes()
+    nested = probe.echo({"x": [array[:300_000], np.arange(10)]})
+    np.testing.assert_array_equal(nested["x"][0], array[:300_000])
+    probe.value  # noqa: B018  (the host releases the previous reply's segments)
+    assert shm_segments() == before
+
+
+def test_host_killed_mid_call_is_reported_and_replaced(probe: forksafe.ModelProxy) -> None:
+    """SIGKILL during a call, 20 times: HostCrashedError within 2 s, then a new host answers."""
+    before = shm_segments()
+    big = np.ones(2 * 1024 * 1024)  # forces a shared-memory segment into each call
+    killed: list[int] = []
+    for _ in range(20):
+        pid = probe.pid()
+        killed.append(pid)
+        timer = threading.Timer(0.2, os.kill, (pid, signal.SIGKILL))
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(forksafe.HostCrashedError, match=f"process {pid} died"):
+            probe.hold(big, 5.0)
+        # The kill lands at 0.2 s into a call that would take 5 s.
+        assert time.monotonic() - start < 0.2 + 2.0
+        timer.join()
+        assert probe.value == 42  # the next call starts a new host
+        assert forksafe.info(probe).host_pid != pid
+    for pid in killed:
+        assert wait_gone(pid)
+    assert shm_segments() == before
+
+
+def test_host_exits_when_its_proxy_is_collected() -> None:
+    """Dropping the last reference to a proxy ends its host."""
+    proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
+    pid = proxy.pid()
+    del proxy
+    gc.collect()
+    assert wait_gone(pid, 10)
+
+
+def test_client_killed_its_host_exits(tmp_path: object) -> None:
+    """A client process SIGKILLed: its host notices and exits."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
+            os.write(write_fd, str(proxy.pid()).encode())
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    try:
+        ready = os.read(read_fd, 64) if _readable(read_fd, 60) else b""
+    finally:
+        os.close(read_fd)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert ready, "the client never reported its host"
+    host = int(ready)
+    assert wait_gone(host, 10), f"host {host} outlived its killed client"
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], timeout)[0])
+
+
+def test_bad_model_file_is_model_load_error_from_the_host(tmp_path: object) -> None:
+    """A corrupt file: ModelLoadError in the client, with the host's explanation."""
+    path = os.path.join(str(tmp_path), "bad.keras")
+    with open(path, "wb") as f:
+        f.write(b"not a zip")
+    proxy = forksafe.load_model(path, isolation="process", timeout=60)
+    with pytest.raises(forksafe.ModelLoadError, match="not a zip archive") as caught:
+        proxy.predict  # noqa: B018
+    assert "model host process" in "".join(getattr(caught.value, "__notes__", []))
+    assert not forksafe.info(proxy).loaded
+
+
+def test_thread_storm_on_one_hosted_proxy(probe: forksafe.ModelProxy) -> None:
+    """16 threads x 25 calls on one host: every answer right (calls are serialised)."""
+    errors: list[BaseException] = []
+
+    def worker(seed: int) -> None:
+        try:
+            for i in range(25):
+                x = np.full(3, float(seed * 100 + i))
+                np.testing.assert_array_equal(probe.predict(x), x * 2)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors
+    assert forksafe.info(probe).loads == 1
+
+
+def test_fork_child_of_a_client_starts_its_own_host(probe: forksafe.ModelProxy) -> None:
+    """A forked child never reuses the parent's host connection; the parent's host survives."""
+    parent_host = probe.pid()
+    child = fork_call(lambda: (forksafe.info(probe).loaded, probe.pid()), timeout=60).get()
+    was_loaded, child_host = child
+    assert not was_loaded
+    assert child_host != parent_host
+    assert wait_gone(child_host)  # the child exited, so did its host
+    assert probe.pid() == parent_host
+
+
+def test_call_past_the_timeout_stops_the_host() -> None:
+    """A call longer than timeout= raises HostTimeoutError (a TimeoutError); the next works."""
+    proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=1.0)
+    pid = proxy.pid()
+    start = time.monotonic()
+    with pytest.raises(forksafe.HostTimeoutError, match="did not answer") as caught:
+        proxy.slow(10)
+    assert isinstance(caught.value, TimeoutError)
+    assert time.monotonic() - start < 3.0
+    assert wait_gone(pid)
+    assert proxy.slow(0.01) == 0.01
+
+
+def test_timeout_must_be_positive() -> None:
+    """timeout= is validated at creation."""
+    for bad in (0, -1, "5", True):
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            forksafe.lazy_model(HostProbe, isolation="process", timeout=bad)  # type: ignore[arg-type]
