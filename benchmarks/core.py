@@ -29,6 +29,18 @@ import numpy as np
 import forksafe
 
 
+class Echo:
+    """A framework-free model: its methods measure the transport alone."""
+
+    def echo(self, x: Any) -> Any:
+        """Return ``x``: a round trip of its bytes."""
+        return x
+
+    def noop(self) -> None:
+        """Do nothing: a round trip of an empty message."""
+        return None
+
+
 def _build(path: str) -> None:
     import keras
 

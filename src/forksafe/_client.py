@@ -21,6 +21,7 @@ import threading
 import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from forksafe._errors import HostCrashedError, HostError, HostTimeoutError
@@ -157,9 +158,8 @@ def _connect(template: _Template, timeout: float) -> tuple[Connection, int]:
     except BaseException:
         conn.close()
         raise
-    bound = socket.socket(fileno=os.dup(conn.fileno()))
-    set_receive_timeout(bound, 0)  # calls are bounded by poll() instead
-    bound.close()
+    # The handshake's bound stays on the socket: every read of every call is
+    # bounded by it, with no poll per call.
     return conn, int(pid)
 
 
@@ -184,7 +184,11 @@ class HostClient:
             conn, pid = _connect(_template_for(preload, self.timeout, renew=True), self.timeout)
         self.conn, self.host_pid = conn, pid
         self._finalizer = weakref.finalize(self, conn.close)
-        self.meta = self._exchange(("load", self.source), what="load")
+        try:
+            self.meta = self._exchange(("load", self.source), what="load")
+        except BaseException:
+            self._stop(None)  # a host without a model is of no use
+            raise
 
     def request(self, message: tuple[Any, ...], *, what: str) -> Any:
         """Send ``message`` to the host (starting one if needed) and return its answer."""
@@ -204,17 +208,25 @@ class HostClient:
         assert conn is not None
         outgoing = Outgoing()
         try:
-            conn.send(outgoing.pack(message))
-            if not conn.poll(self.timeout):
-                self._stop(signal.SIGKILL)
-                raise HostTimeoutError(
-                    f"the model host (pid {self.host_pid}) did not answer {what} within "
-                    f"{self.timeout} s; it was stopped, and the next call starts a new one"
-                )
+            packed = outgoing.pack(message)
+            try:
+                data = ForkingPickler.dumps(packed)
+            except Exception as exc:
+                raise HostError(
+                    f"cannot send {what} to the model host: {type(exc).__name__}: {exc}; "
+                    "arguments, loaders and factories must be picklable (functions and "
+                    "classes defined at module level in an importable module)"
+                ) from exc
+            conn.send_bytes(data)
             status, payload, text = conn.recv()
+        except BlockingIOError:  # SO_RCVTIMEO expired: the host is stuck
+            pid = self.host_pid
+            self._stop(signal.SIGKILL)
+            raise HostTimeoutError(
+                f"the model host (pid {pid}) did not answer {what} within {self.timeout} s; "
+                "it was stopped, and the next call starts a new one"
+            ) from None
         except (EOFError, OSError) as exc:
-            if isinstance(exc, HostTimeoutError):
-                raise
             pid = self.host_pid
             self._stop(None)
             raise HostCrashedError(
@@ -225,8 +237,6 @@ class HostClient:
             outgoing.release()
         if status == "ok":
             return unpack(payload)
-        if what == "load":
-            self._stop(None)  # a host without a model is of no use
         if hasattr(payload, "add_note"):
             payload.add_note(f"(raised in forksafe model host process {self.host_pid})\n{text}")
         raise payload

@@ -1,17 +1,20 @@
 """The model host's loop: load the model, then answer one client's requests.
 
 Runs in a process forked from the template. It exits when its client closes
-the connection or dies (watched through a pidfd where Linux has one), so a
-host never outlives the process it serves.
+the connection or dies (watched by a thread through a pidfd where Linux has
+one, else by polling the pid), so a host never outlives the process it serves.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
+import select
+import threading
+import time
 import traceback
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from forksafe._errors import HostError
@@ -101,43 +104,59 @@ def _error(exc: BaseException, what: str) -> tuple[str, Any, str]:
     return ("error", exc, text)
 
 
+def _exit_when_client_dies(client_pid: int) -> None:
+    # A thread, so that the serving loop blocks in recv with nothing to poll.
+    try:
+        pidfd = os.pidfd_open(client_pid)
+    except (AttributeError, OSError):
+        while _client_alive(client_pid):
+            time.sleep(_POLL)
+    else:
+        select.select([pidfd], [], [])
+    os._exit(0)
+
+
 def serve(conn: Connection, client_pid: int) -> None:
-    """Answer ``conn`` until the client goes away."""
+    """Answer ``conn`` until the client closes it or dies."""
+    threading.Thread(target=_exit_when_client_dies, args=(client_pid,), daemon=True).start()
     host = _Host()
-    watched: list[Any] = [conn]
-    with contextlib.suppress(AttributeError, OSError):  # without a pidfd: poll the pid
-        watched.append(os.pidfd_open(client_pid))
     pending = Outgoing()
     conn.send(("hello", os.getpid()))
     try:
         while True:
-            ready = wait(watched, timeout=None if len(watched) > 1 else _POLL)
-            if not ready:
-                if not _client_alive(client_pid):
-                    return
-                continue
-            if conn not in ready:
-                return  # the pidfd fired: the client is gone
             try:
-                request = conn.recv()
+                data = conn.recv_bytes()
             except (EOFError, OSError):
                 return
             pending.release()  # the client has read the previous reply
             try:
+                request = ForkingPickler.loads(data)
+            except Exception as exc:
+                conn.send(
+                    _error(
+                        HostError(
+                            f"the model host cannot unpickle the request ({type(exc).__name__}: "
+                            f"{exc}); a loader or factory must be importable by name (defined at "
+                            "module level in a module other than __main__)"
+                        ),
+                        "unpickle",
+                    )
+                )
+                continue
+            what = " ".join(str(part) for part in request[:2])
+            try:
                 reply: tuple[str, Any, str] = ("ok", pending.pack(host.handle(request)), "")
             except Exception as exc:
                 pending.release()
-                reply = _error(exc, f"the model host's {request[0]} request")
+                reply = _error(exc, f"the model host's {what} request")
+            del request  # drop views of the request's shared arrays before the next one
             try:
                 conn.send(reply)
             except (pickle.PicklingError, TypeError, AttributeError) as exc:
                 pending.release()
                 conn.send(
                     _error(
-                        HostError(
-                            f"the result of {request[0]} {request[1]!r} cannot cross a process "
-                            f"boundary: {exc}"
-                        ),
+                        HostError(f"the result of {what} cannot cross a process boundary: {exc}"),
                         "send",
                     )
                 )

@@ -2,7 +2,8 @@
 
 Arrays of ``SHM_THRESHOLD`` bytes or more travel through POSIX shared memory
 (mode 0600: private to the user). The rule that keeps segments from leaking:
-the *receiver* copies the array out and unlinks the segment at once; the
+the *receiver* maps the segment and unlinks its name at once (the array it
+gets is that mapping: no copy); the
 *sender* unlinks on every path afterwards too (a no-op when the receiver
 already did), and a client whose host died sweeps the host's segments by
 name. Python's resource tracker stays balanced on both sides and unlinks
@@ -12,6 +13,7 @@ whatever a killed creator left behind.
 from __future__ import annotations
 
 import itertools
+import mmap
 import os
 import secrets
 from dataclasses import dataclass
@@ -90,10 +92,12 @@ class Outgoing:
 def _receive(leaf: Any) -> Any:
     if not isinstance(leaf, _Shared):
         return leaf
+    if os.path.isdir(_SHM_DIR):
+        return _map(leaf)
     try:
         shm = SharedMemory(name=leaf.name)
     except FileNotFoundError:
-        raise HostError(f"shared-memory segment {leaf.name} vanished before it was read") from None
+        raise _vanished(leaf) from None
     try:
         view: np.ndarray[Any, Any] = np.ndarray(leaf.shape, leaf.dtype, buffer=shm.buf)
         array = view.copy()
@@ -104,8 +108,32 @@ def _receive(leaf: Any) -> Any:
     return array
 
 
+def _map(leaf: _Shared) -> np.ndarray[Any, Any]:
+    """Zero-copy: map the segment, unlink its name at once, hand out the mapping.
+
+    The array keeps the mapping alive; with the name gone nothing can leak
+    and no other process can reach the pages.
+    """
+    path = os.path.join(_SHM_DIR, leaf.name)
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        raise _vanished(leaf) from None
+    try:
+        os.unlink(path)
+        size = int(np.prod(leaf.shape, dtype=np.int64)) * leaf.dtype.itemsize
+        mapping = mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
+    return np.frombuffer(mapping, dtype=leaf.dtype).reshape(leaf.shape)
+
+
+def _vanished(leaf: _Shared) -> HostError:
+    return HostError(f"shared-memory segment {leaf.name} vanished before it was read")
+
+
 def unpack(obj: Any) -> Any:
-    """``obj`` with shared arrays copied back in; their segments are unlinked."""
+    """``obj`` with its shared arrays in place again; their segments' names are unlinked."""
     return _walk(obj, _receive)
 
 

@@ -264,3 +264,30 @@ def test_timeout_must_be_positive() -> None:
     for bad in (0, -1, "5", True):
         with pytest.raises(ValueError, match="timeout must be a positive number"):
             forksafe.lazy_model(HostProbe, isolation="process", timeout=bad)  # type: ignore[arg-type]
+
+
+def test_factory_the_host_cannot_import_is_a_clear_error() -> None:
+    """A factory the host cannot import: a HostError saying why; the host stays usable."""
+    import sys
+    import types
+
+    module = types.ModuleType("forksafe_only_in_this_process")
+    exec("class Model:\n    value = 1\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    try:
+        proxy = forksafe.lazy_model(module.Model, isolation="process", timeout=30)
+        with pytest.raises(forksafe.HostError, match="importable by name"):
+            proxy.value  # noqa: B018
+    finally:
+        del sys.modules[module.__name__]
+
+
+def test_unpicklable_factory_or_argument_is_a_clear_error(probe: forksafe.ModelProxy) -> None:
+    """Something that cannot be pickled here fails before it is sent, with a HostError."""
+    proxy = forksafe.lazy_model(lambda: HostProbe(), isolation="process", timeout=30)
+    for _ in range(2):  # a failed start is not half-cached: the second use fails alike
+        with pytest.raises(forksafe.HostError, match="must be picklable"):
+            proxy.value  # noqa: B018
+    with pytest.raises(forksafe.HostError, match="cannot send echo"):
+        probe.echo(threading.Lock())
+    assert probe.value == 42

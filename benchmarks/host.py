@@ -1,0 +1,162 @@
+"""Out-of-process host costs, each against its baseline in the same run.
+
+- start: a host forked from the template (first: template included) vs a
+  spawn-started process that imports Keras;
+- per call: ``predict_on_batch`` through a host vs in this process, and a
+  no-op method (pure transport);
+- throughput: round trips of 1, 16 and 64 MB arrays.
+
+    python -m benchmarks.host [--rounds 7] [--calls 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+import forksafe
+from benchmarks.core import Echo, build_model, per_call, summary
+
+
+def _spawned_ready(conn: Any) -> None:
+    import keras  # noqa: F401  (what a host needs before it can load)
+
+    conn.send("ready")
+
+
+def spawn_start() -> float:
+    """Seconds until a spawn-started process that imported Keras says it is ready."""
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    start = time.perf_counter()
+    process = ctx.Process(target=_spawned_ready, args=(sender,))
+    process.start()
+    ready = receiver.poll(120)
+    elapsed = time.perf_counter() - start
+    process.join(10)
+    if not ready:
+        process.kill()
+        raise RuntimeError("spawned process did not start")
+    return elapsed
+
+
+def host_start(path: str) -> dict[str, Any]:
+    """Host start, model load included: the first (template too) and later ones."""
+    first_start = time.perf_counter()
+    first = forksafe.load_model(path, isolation="process")
+    first.name  # noqa: B018
+    first_seconds = time.perf_counter() - first_start
+    later = []
+    for _ in range(5):
+        start = time.perf_counter()
+        proxy = forksafe.load_model(path, isolation="process")
+        proxy.name  # noqa: B018
+        later.append(time.perf_counter() - start)
+        del proxy
+    transport = []
+    for _ in range(5):
+        start = time.perf_counter()
+        proxy = forksafe.lazy_model(Echo, isolation="process")
+        proxy.noop()
+        transport.append(time.perf_counter() - start)
+        del proxy
+    spawned = [spawn_start() for _ in range(3)]
+    return {
+        "first_host_with_template_s": first_seconds,
+        "later_host_with_load_s": summary(later),
+        "later_host_without_model_s": summary(transport),
+        "spawn_import_keras_s": summary(spawned),
+        "ratio_later_host_vs_spawn": statistics.median(later) / statistics.median(spawned),
+    }
+
+
+def per_call_cost(path: str, rounds: int, calls: int) -> dict[str, Any]:
+    """Added latency of a small call through a host."""
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
+    local = forksafe.load_model(path, isolation="inprocess")
+    hosted = forksafe.load_model(path, isolation="process")
+    echo = forksafe.lazy_model(Echo, isolation="process")
+    local.predict_on_batch(x), hosted.predict_on_batch(x), echo.noop()
+    base, remote, noop = [], [], []
+    for _ in range(rounds):
+        base.append(per_call(lambda: local.predict_on_batch(x), calls))
+        remote.append(per_call(lambda: hosted.predict_on_batch(x), calls))
+        noop.append(per_call(echo.noop, calls))
+    return {
+        "inprocess_us": summary([v * 1e6 for v in base]),
+        "host_us": summary([v * 1e6 for v in remote]),
+        "added_us": (statistics.median(remote) - statistics.median(base)) * 1e6,
+        "noop_round_trip_us": summary([v * 1e6 for v in noop]),
+    }
+
+
+def throughput(rounds: int) -> dict[str, Any]:
+    """MB/s of array round trips (bytes sent plus bytes received, per second)."""
+    echo = forksafe.lazy_model(Echo, isolation="process")
+    echo.noop()
+    results = {}
+    for mb in (1, 16, 64):
+        array = np.random.default_rng(mb).standard_normal(mb * 1024 * 1024 // 8)
+        assert echo.echo(array).tobytes() == array.tobytes()
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            echo.echo(array)
+            times.append(time.perf_counter() - start)
+        results[f"{mb}MB"] = {
+            "seconds": summary(times),
+            "MB_per_s": 2 * mb / statistics.median(times),
+        }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the host benchmarks and print a summary."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as directory:
+        path = build_model(directory)
+        report = {
+            "start": host_start(path),
+            "per_call": per_call_cost(path, args.rounds, args.calls),
+            "throughput": throughput(args.rounds),
+        }
+    s, c = report["start"], report["per_call"]
+    print(
+        f"first host (template start + keras import + load): "
+        f"{s['first_host_with_template_s']:.2f} s"
+    )
+    print(
+        f"later host incl. model load: {s['later_host_with_load_s']['median']:.3f} s; "
+        f"without a model: {s['later_host_without_model_s']['median'] * 1e3:.1f} ms; "
+        f"spawned process importing keras: {s['spawn_import_keras_s']['median']:.2f} s "
+        f"(ratio later/spawn {s['ratio_later_host_vs_spawn']:.3f})"
+    )
+    print(
+        f"predict_on_batch: in-process {c['inprocess_us']['median']:.0f} µs, through host "
+        f"{c['host_us']['median']:.0f} µs, added {c['added_us']:.0f} µs; no-op round trip "
+        f"{c['noop_round_trip_us']['median']:.0f} µs"
+    )
+    for size, row in report["throughput"].items():
+        print(
+            f"{size:>5} round trip: {row['seconds']['median'] * 1e3:.1f} ms, "
+            f"{row['MB_per_s']:.0f} MB/s"
+        )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
