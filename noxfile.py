@@ -31,3 +31,4 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "-m", "benchmarks.core", *session.posargs)
+    session.run("python", "-m", "benchmarks.host", *session.posargs)

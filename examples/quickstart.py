@@ -1,5 +1,9 @@
 """Quickstart: one module-level model, used by forked workers, never hanging.
 
+Workers load the model themselves; after the parent has run TensorFlow (which
+used to hang every forked worker), the worker's model runs in a clean host
+process instead, or, with isolation="inprocess", fails at once with the reason.
+
 Run:  python examples/quickstart.py
 """
 
@@ -8,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import tempfile
+import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -36,6 +41,7 @@ def work(batch: np.ndarray) -> tuple[int, int, float]:
 
 def main() -> None:
     global MODEL
+    warnings.simplefilter("always", forksafe.ForkSafeWarning)
     with tempfile.TemporaryDirectory() as directory:
         path = os.path.join(directory, "model.keras")
         builder = multiprocessing.get_context("spawn").Process(target=build, args=(path,))
@@ -53,10 +59,20 @@ def main() -> None:
         # What used to hang every worker: the parent itself runs the model.
         print(f"parent predicts too: sum(y) = {float(np.sum(MODEL.predict_on_batch(X))):.4f}")
         with fork.Pool(1) as pool:
-            try:
-                pool.apply_async(work, (X,)).get(timeout=60)
-            except forksafe.InheritedRuntimeError as exc:
-                print(f"a worker forked now refuses at once instead of hanging:\n  {exc}")
+            # The default isolation="auto" now runs the worker's model in a clean host process
+            # (with a ForkSafeWarning saying so) ...
+            pid, _, total = pool.apply_async(work, (X,)).get(timeout=120)
+            print(f"worker {pid} after that: answered through a model host, sum(y) = {total:.4f}")
+            # ... and isolation="inprocess" refuses at once instead of hanging.
+            pool.apply_async(use_inprocess, (path,)).get(timeout=60)
+
+
+def use_inprocess(path: str) -> None:
+    """A worker asking for the model in its own process, which cannot work any more."""
+    try:
+        forksafe.load_model(path, isolation="inprocess").predict_on_batch(X)
+    except forksafe.InheritedRuntimeError as exc:
+        print(f"with isolation='inprocess' the worker refuses at once:\n  {exc}")
 
 
 if __name__ == "__main__":

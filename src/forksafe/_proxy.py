@@ -122,7 +122,7 @@ class ModelProxy(_Base):
         if _warned_pid != os.getpid():
             _warned_pid = os.getpid()
             warnings.warn(
-                _runtime.explain_hosted(blocked, what=what), ForkSafeWarning, stacklevel=5
+                _runtime.explain_hosted(blocked, what=what), ForkSafeWarning, stacklevel=4
             )
         return "process"
 
