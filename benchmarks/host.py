@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
+    args, _ = parser.parse_known_args(argv)  # nox passes the same posargs to every benchmark
     with tempfile.TemporaryDirectory() as directory:
         path = build_model(directory)
         report = {

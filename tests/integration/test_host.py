@@ -173,6 +173,33 @@ def test_host_exits_when_its_proxy_is_collected() -> None:
     assert wait_gone(pid, 10)
 
 
+def test_client_that_exits_leaves_no_host_and_no_template() -> None:
+    """A client interpreter that exits normally takes its host and template with it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import forksafe
+        from tests.integration.test_host import parent_of
+        from tests.scenarios import HostProbe
+        proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
+        host = proxy.pid()
+        print(host, parent_of(host))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=os.getcwd(),
+    )
+    host, template = (int(pid) for pid in done.stdout.split()[-2:])
+    assert wait_gone(host, 10), f"host {host} outlived its client"
+    assert wait_gone(template, 10), f"template {template} outlived its client"
+
+
 def test_client_killed_its_host_exits(tmp_path: object) -> None:
     """A client process SIGKILLed: its host notices and exits."""
     read_fd, write_fd = os.pipe()
