@@ -26,7 +26,7 @@ from typing import Any
 
 from forksafe._errors import HostCrashedError, HostError, HostTimeoutError
 from forksafe._source import Source
-from forksafe._template import authenticate, set_receive_timeout
+from forksafe._template import authenticate, set_timeouts
 from forksafe._transport import Outgoing, sweep, unpack
 
 __all__ = ["HostClient", "RemoteModel", "frameworks_to_preload"]
@@ -147,7 +147,7 @@ def _connect(template: _Template, timeout: float) -> tuple[Connection, int]:
         sock.settimeout(timeout)
         sock.connect(template.address)
         sock.settimeout(None)
-        set_receive_timeout(sock, timeout)
+        set_timeouts(sock, timeout)
     except BaseException:
         sock.close()
         raise
@@ -219,7 +219,7 @@ class HostClient:
                 ) from exc
             conn.send_bytes(data)
             status, payload, text = conn.recv()
-        except BlockingIOError:  # SO_RCVTIMEO expired: the host is stuck
+        except BlockingIOError:  # a socket timeout expired: the host is stuck
             pid = self.host_pid
             self._stop(signal.SIGKILL)
             raise HostTimeoutError(

@@ -20,23 +20,26 @@ import struct
 import sys
 import tempfile
 import threading
+import warnings
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
-__all__ = ["authenticate", "main", "set_receive_timeout"]
+__all__ = ["authenticate", "main", "set_timeouts"]
 
 _SO_PEERCRED_FORMAT = "3i"
 
 
-def set_receive_timeout(sock: socket.socket, seconds: float) -> None:
-    """Bound every blocking read on ``sock``'s descriptor (0 removes the bound).
+def set_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Bound every blocking read and write on ``sock``'s descriptor (0 removes the bound).
 
-    Works below ``Connection``, which reads the raw descriptor.
+    Works below ``Connection``, which uses the raw descriptor: an expired
+    bound surfaces as ``BlockingIOError``.
     """
     whole = int(seconds)
-    micro = int((seconds - whole) * 1e6)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", whole, micro))
+    value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
 def authenticate(conn: Connection, authkey: bytes, *, server: bool) -> None:
@@ -86,7 +89,7 @@ def _serve_forever(listener: socket.socket, authkey: bytes) -> None:
             )
             if uid != os.getuid():
                 raise PermissionError("peer is another user")
-            set_receive_timeout(sock, 10.0)
+            set_timeouts(sock, 10.0)
         except Exception:
             sock.close()
             continue
@@ -110,7 +113,7 @@ def _become_host(listener: socket.socket, conn: Connection, client_pid: int) -> 
         os.close(0)
         # The handshake bound is on the socket, shared by every descriptor of it.
         sock = socket.socket(fileno=os.dup(conn.fileno()))
-        set_receive_timeout(sock, 0)
+        set_timeouts(sock, 0)
         sock.close()
         from forksafe._host import serve
 
@@ -122,6 +125,9 @@ def _become_host(listener: socket.socket, conn: Connection, client_pid: int) -> 
 
 def main() -> None:
     """Entry point: read the config from stdin, report on stdout, then fork hosts."""
+    # The watcher thread holds no lock while it waits, so forking hosts beside
+    # it is safe; Python 3.12+ would warn about every such fork.
+    warnings.filterwarnings("ignore", message=".*multi-threaded.*fork", category=DeprecationWarning)
     reader = Connection(os.dup(0), writable=False)
     config: dict[str, Any] = reader.recv()
     reader.close()
