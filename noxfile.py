@@ -23,7 +23,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy>=1.10")
+    session.install("-e", ".", "mypy>=1.10", "pytest")
     session.run("mypy", *session.posargs)
 
 

@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from forksafe._tiny import numpy_forward as tiny_forward
+from forksafe._tiny import tiny_weights
+
 SEED = 20261122
 
 
@@ -51,14 +54,12 @@ class Models:
 
 def weights() -> list[np.ndarray]:
     """The seeded weights of the tiny model: W1, b1, W2, b2."""
-    rng = np.random.default_rng(SEED)
-    return [rng.standard_normal(shape).astype("float32") for shape in ((4, 8), (8,), (8, 3), (3,))]
+    return tiny_weights(4, 3, (8,), SEED)
 
 
 def numpy_forward(x: np.ndarray) -> np.ndarray:
     """The tiny model computed with numpy alone: the reference output."""
-    w1, b1, w2, b2 = weights()
-    return (np.maximum(x @ w1 + b1, 0.0) @ w2 + b2).astype("float32")
+    return tiny_forward(x, weights())
 
 
 def build_keras(name: str = "tiny") -> Any:
