@@ -112,6 +112,7 @@ def run_in_fork(fn: Callable[..., T], *args: Any, timeout: float = 30.0, **kwarg
     stacks at that moment. A child that dies without answering raises
     :class:`ChildCrashedError`. ``fn`` need not be picklable; its result must be.
     """
+    __tracebackhide__ = True  # pytest: show the user's frames, not these
     read_fd, write_fd = os.pipe()
     with tempfile.TemporaryFile() as dump:
         pid = os.fork()
@@ -169,6 +170,7 @@ def run_in_subprocess(fn: Callable[..., T], *args: Any, timeout: float = 30.0, *
     started here exists there. ``fn``, its arguments and its result must be
     picklable (``fn`` defined at module level).
     """
+    __tracebackhide__ = True
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="forksafe-stacks-") as dump:

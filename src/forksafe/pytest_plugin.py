@@ -74,6 +74,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         timeout = default_timeout(pyfuncitem.config)
     names = pyfuncitem._fixtureinfo.argnames
     body = functools.partial(pyfuncitem.obj, **{n: pyfuncitem.funcargs[n] for n in names})
+    __tracebackhide__ = True
     testing.run_in_fork(body, timeout=float(timeout))
     return True
 
@@ -83,6 +84,7 @@ def _with_default(run: Callable[..., Any], config: pytest.Config) -> Callable[..
 
     @functools.wraps(run)
     def bounded(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         return run(*args, timeout=default if timeout is None else timeout, **kwargs)
 
     return bounded

@@ -95,6 +95,7 @@ def assert_fork_safe(
         AssertionError: importing started a runtime (naming the file:line),
             or the child hung (with its stacks), crashed, or raised.
     """
+    __tracebackhide__ = True
     if isinstance(target, str):
         name = target
         module = import_first or target.partition(":")[0]
