@@ -18,6 +18,7 @@ from forksafe._errors import (
     ModelLoadError,
 )
 from forksafe._info import ProxyInfo, info
+from forksafe._inject import inject
 from forksafe._proxy import ModelProxy, lazy_model, load_model
 from forksafe._runtime import BackendState, RuntimeState, runtime_state
 from forksafe._version import __version__
@@ -36,6 +37,7 @@ __all__ = [
     "RuntimeState",
     "__version__",
     "info",
+    "inject",
     "lazy_model",
     "load_model",
     "runtime_state",

@@ -1,0 +1,227 @@
+"""Real Celery workers (subprocesses) on real brokers, answering with a module-level proxy."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+
+from tests.models import Models
+from tests.workers.harness import children_of, runs_tensorflow, worker_process
+
+pytestmark = pytest.mark.timeout(300)
+celery = pytest.importorskip("celery", reason="celery is not installed")
+
+REDIS_URL = os.environ.get("FORKSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+AMQP_URL = os.environ.get("FORKSAFE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def reachable(url: str) -> bool:
+    """Whether something listens at the URL's host and port."""
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def broker_env(kind: str, tmp: str) -> dict[str, str]:
+    """Worker environment for a broker: a server-less filesystem one, Redis or RabbitMQ."""
+    if kind == "filesystem":
+        folder = os.path.join(tmp, "broker")
+        os.makedirs(os.path.join(folder, "processed"), exist_ok=True)
+        os.makedirs(os.path.join(tmp, "results"), exist_ok=True)
+        return {
+            "FS_BROKER": "filesystem://",
+            "FS_FS_DIR": folder,
+            "FS_BACKEND": f"file://{os.path.join(tmp, 'results')}",
+        }
+    url = REDIS_URL if kind == "redis" else AMQP_URL
+    if not reachable(url):
+        message = f"{kind} broker not reachable at {url}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{message} (CI=true: a missing broker is a failure)")
+        pytest.skip(message)
+    return {"FS_BROKER": url, "FS_BACKEND": url if kind == "redis" else "rpc://"}
+
+
+def run_worker(
+    models: Models,
+    tmp: str,
+    *,
+    broker: str,
+    pool: str,
+    tasks: int = 8,
+    extra: dict[str, str] | None = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """Start a worker, send ``tasks`` predictions, return the answers and the worker's pid."""
+    from celery import Celery
+
+    from tests.workers.celery_config import configure
+
+    env = {**broker_env(broker, tmp), "FS_MODEL": models.keras, **(extra or {})}
+    queue = f"fs-{uuid.uuid4().hex[:12]}"
+    args = [
+        "celery",
+        "-A",
+        "tests.workers.celery_app",
+        "worker",
+        "-P",
+        pool,
+        "-c",
+        "2",
+        "-Q",
+        queue,
+        "-n",
+        f"{queue}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel=INFO",
+    ]
+    x, _ = models.reference()
+    with worker_process(args, env, os.path.join(tmp, "worker.log"), "ready.") as process:
+        client = configure(Celery("forksafe_client"), env)
+        pending = [
+            client.send_task("fs.predict", args=[x.tolist()], queue=queue) for _ in range(tasks)
+        ]
+        answers = [result.get(timeout=180) for result in pending]
+        client.close()
+        return answers, process.pid
+
+
+def check(answers: list[dict[str, Any]], models: Models) -> set[int]:
+    """Every answer equals the reference; each answering process loaded once."""
+    _, reference = models.reference()
+    for answer in answers:
+        np.testing.assert_allclose(np.asarray(answer["y"]), reference, atol=1e-5)
+        assert answer["loads"] == 1
+    return {answer["pid"] for answer in answers}
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads", "solo", "gevent"])
+def test_every_pool_on_the_filesystem_broker(models: Models, tmp_path: Any, pool: str) -> None:
+    """A module-level proxy answers right in every pool; one load per process."""
+    if pool == "gevent":
+        pytest.importorskip("gevent", reason="gevent is not installed")
+    answers, worker = run_worker(models, str(tmp_path), broker="filesystem", pool=pool)
+    pids = check(answers, models)
+    assert {a["in_effect"] for a in answers} == {"inprocess"}
+    if pool == "prefork":
+        assert worker not in pids and len(pids) <= 2
+    else:
+        assert pids == {worker}  # one process: the worker itself
+
+
+@pytest.mark.parametrize("broker", ["redis", "amqp"])
+def test_prefork_on_real_brokers(models: Models, tmp_path: Any, broker: str) -> None:
+    """The original report's setup (prefork) on Redis and RabbitMQ."""
+    answers, worker = run_worker(models, str(tmp_path), broker=broker, pool="prefork")
+    pids = check(answers, models)
+    assert worker not in pids and len(pids) <= 2
+
+
+@pytest.mark.parametrize(
+    ("broker", "pool"), [("filesystem", "prefork"), ("redis", "prefork"), ("filesystem", "threads")]
+)
+def test_parent_that_ran_tensorflow(models: Models, tmp_path: Any, broker: str, pool: str) -> None:
+    """The original report: the worker's parent loaded and predicted at import.
+
+    prefork children inherit a started runtime and answer through model hosts
+    (not hanging); threads run in that same process, in-process.
+    """
+    answers, _ = run_worker(
+        models, str(tmp_path), broker=broker, pool=pool, extra={"FS_PARENT_RUNS_TF": "1"}
+    )
+    check(answers, models)
+    expected = "process" if pool == "prefork" else "inprocess"
+    assert {a["in_effect"] for a in answers} == {expected}
+
+
+def test_install_warms_each_child_and_never_the_parent(models: Models, tmp_path: Any) -> None:
+    """forksafe.celery.install: children load before any task; the parent never runs TF."""
+    env = {**broker_env("filesystem", str(tmp_path)), "FS_MODEL": models.keras, "FS_WARM": "1"}
+    queue = f"fs-{uuid.uuid4().hex[:12]}"
+    args = [
+        "celery",
+        "-A",
+        "tests.workers.celery_app",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "2",
+        "-Q",
+        queue,
+        "-n",
+        f"{queue}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel=INFO",
+    ]
+    with worker_process(args, env, str(tmp_path / "worker.log"), "ready.") as process:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            children = children_of(process.pid)
+            if len(children) == 2 and all(runs_tensorflow(pid) for pid in children):
+                break
+            time.sleep(0.5)
+        children = children_of(process.pid)
+        assert len(children) == 2 and all(runs_tensorflow(pid) for pid in children)
+        assert not runs_tensorflow(process.pid)
+
+
+def test_child_killed_mid_task_is_answered_by_its_replacement(
+    models: Models, tmp_path: Any
+) -> None:
+    """SIGKILL a prefork child mid-task (acks_late): the task is redelivered and answered."""
+    from celery import Celery
+
+    from tests.workers.celery_config import configure
+
+    env = {**broker_env("redis", str(tmp_path)), "FS_MODEL": models.keras}
+    queue = f"fs-{uuid.uuid4().hex[:12]}"
+    marker = str(tmp_path / "first-delivery.pid")
+    args = [
+        "celery",
+        "-A",
+        "tests.workers.celery_app",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "1",
+        "-Q",
+        queue,
+        "-n",
+        f"{queue}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel=INFO",
+    ]
+    x, reference = models.reference()
+    with worker_process(args, env, str(tmp_path / "worker.log"), "ready."):
+        client = configure(Celery("forksafe_client"), env)
+        result = client.send_task("fs.slow_predict", args=[x.tolist(), marker], queue=queue)
+        deadline = time.monotonic() + 60
+        while not os.path.exists(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)
+        with open(marker, encoding="utf-8") as f:
+            killed = int(f.read())
+        os.kill(killed, signal.SIGKILL)
+        answer = result.get(timeout=120)
+        client.close()
+    assert answer["pid"] != killed
+    assert answer["loads"] == 1  # the replacement loaded its own model
+    np.testing.assert_allclose(np.asarray(answer["y"]), reference, atol=1e-5)

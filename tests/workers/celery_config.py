@@ -1,0 +1,31 @@
+"""Broker and backend settings shared by the test worker and the test client."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+
+
+def configure(app: Celery, env: Any) -> Celery:
+    """Point ``app`` at the broker and backend named in ``env``."""
+    broker = env.get("FS_BROKER", "filesystem://")
+    app.conf.update(
+        broker_url=broker,
+        result_backend=env.get("FS_BACKEND"),
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    if broker.startswith("filesystem"):
+        folder = env["FS_FS_DIR"]
+        app.conf.broker_transport_options = {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "processed_folder": os.path.join(folder, "processed"),
+            "store_processed": False,
+        }
+    return app

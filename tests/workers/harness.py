@@ -1,0 +1,97 @@
+"""Start a real worker subprocess (Celery, gunicorn), bounded, and always clean it up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def wait_for_text(path: str, text: str, timeout: float, process: subprocess.Popen[bytes]) -> None:
+    """Wait, bounded, until ``text`` appears in the log at ``path``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            if text in f.read():
+                return
+        if process.poll() is not None:
+            break
+        time.sleep(0.2)
+    with open(path, encoding="utf-8", errors="replace") as f:
+        log = f.read()[-4000:]
+    raise AssertionError(f"{text!r} not seen within {timeout} s (exit {process.poll()}):\n{log}")
+
+
+@contextmanager
+def worker_process(
+    args: list[str], env: dict[str, str], log: str, ready: str, timeout: float = 90.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``python -m <args>`` in its own process group until the block ends."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for_text(log, ready, timeout, process)
+        yield process
+    finally:
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(grace)
+            # Children outliving their parent still belong to the group.
+            os.killpg(process.pid, signal.SIGKILL)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+        break
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def runs_tensorflow(pid: int) -> bool:
+    """Whether ``pid`` has TensorFlow's native pool threads (its runtime is started)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm", encoding="utf-8") as f:
+                if f.read().startswith("tf_"):
+                    return True
+        except OSError:
+            continue
+    return False
