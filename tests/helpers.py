@@ -136,7 +136,8 @@ def run_clean(
     """
     ctx = multiprocessing.get_context("spawn") if spawn else clean_context()
     receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_entry, args=(sender, fn, args, kwargs), daemon=True)
+    # Not a daemon: scenarios may start process pools, which daemons cannot.
+    process = ctx.Process(target=_entry, args=(sender, fn, args, kwargs))
     process.start()
     sender.close()
     try:

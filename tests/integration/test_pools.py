@@ -1,0 +1,50 @@
+"""Proxies reaching multiprocessing, ProcessPoolExecutor and Dask workers: one load each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.helpers import run_clean
+from tests.models import Models
+from tests.workers import pools
+
+pytestmark = pytest.mark.timeout(300)
+PARENT = pytest.mark.parametrize("parent_ran_tf", [False, True], ids=["untouched", "ran-tf"])
+
+
+def check(answers: list[dict[str, Any]], models: Models, *, hosted: bool) -> None:
+    """Right numbers; each worker loaded once; hosted exactly when the runtime was inherited."""
+    _, reference = models.reference()
+    assert answers
+    for answer in answers:
+        np.testing.assert_allclose(answer["y"], reference, atol=1e-5)
+        assert answer["loads"] == 1
+        assert answer["in_effect"] == ("process" if hosted else "inprocess")
+    assert len({answer["pid"] for answer in answers}) <= 2
+
+
+@PARENT
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_multiprocessing_pool(models: Models, method: str, parent_ran_tf: bool) -> None:
+    """Pool workers of every start method; fork workers also use an inherited proxy."""
+    answers = run_clean(pools.pool, models, method, parent_ran_tf, timeout=240).get()
+    check(answers, models, hosted=parent_ran_tf and method == "fork")
+
+
+@PARENT
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_process_pool_executor(models: Models, method: str, parent_ran_tf: bool) -> None:
+    """ProcessPoolExecutor with fork and spawn contexts."""
+    answers = run_clean(pools.executor, models, method, parent_ran_tf, timeout=240).get()
+    check(answers, models, hosted=parent_ran_tf and method == "fork")
+
+
+@PARENT
+def test_dask_local_cluster(models: Models, parent_ran_tf: bool) -> None:
+    """dask.distributed LocalCluster with process workers (spawned: never hosted)."""
+    pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    answers = run_clean(pools.dask, models, parent_ran_tf, timeout=240).get()
+    check(answers, models, hosted=False)
