@@ -1,0 +1,5 @@
+"""``python -m forksafe``."""
+
+from forksafe._cli import main
+
+raise SystemExit(main())
