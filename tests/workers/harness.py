@@ -30,13 +30,18 @@ def wait_for_text(path: str, text: str, timeout: float, process: subprocess.Pope
 
 @contextmanager
 def worker_process(
-    args: list[str], env: dict[str, str], log: str, ready: str, timeout: float = 90.0
+    args: list[str],
+    env: dict[str, str],
+    log: str,
+    ready: str,
+    timeout: float = 90.0,
+    cwd: str = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``python -m <args>`` in its own process group until the block ends."""
     with open(log, "wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", *args],
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,

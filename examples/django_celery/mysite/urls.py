@@ -1,0 +1,4 @@
+from django.urls import path
+from predictions import views
+
+urlpatterns = [path("predict/", views.predict)]

@@ -1,0 +1,159 @@
+"""Every example runs, end to end, so none of them rots."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.integration.test_celery import REDIS_URL, reachable
+from tests.integration.test_gunicorn import free_port, post
+from tests.models import Models
+from tests.workers.harness import ROOT, worker_process
+
+pytestmark = pytest.mark.timeout(300)
+EXAMPLES = os.path.join(ROOT, "examples")
+
+
+def redis_or_skip() -> str:
+    """The Redis URL, or skip (fail under CI=true) when no Redis answers."""
+    if not reachable(REDIS_URL):
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"redis not reachable at {REDIS_URL} (CI=true)")
+        pytest.skip(f"redis not reachable at {REDIS_URL}")
+    return REDIS_URL
+
+
+def run_script(name: str, models: Models) -> str:
+    """Run an example script with the test model; return its output."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, name)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "MODEL_PATH": models.keras},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("name", ["multiprocessing_pool.py", "dask_cluster.py"])
+def test_pool_examples(models: Models, name: str) -> None:
+    """Six predictions from two workers, each of which loaded once."""
+    if name == "dask_cluster.py":
+        pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    lines = re.findall(r"worker (\d+): loads=(\d+) sum=", run_script(name, models))
+    assert len(lines) == 6
+    assert {loads for _, loads in lines} == {"1"}
+    assert len({pid for pid, _ in lines}) <= 2
+
+
+def test_make_model(tmp_path: Any) -> None:
+    """make_model.py writes a model that loads."""
+    target = tmp_path / "m.keras"
+    done = subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, "make_model.py"), str(target)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert target.stat().st_size > 0
+
+
+def test_celery_redis_example(models: Models, tmp_path: Any) -> None:
+    """The original report's stack: a prefork worker on Redis answers send.py."""
+    env = {"BROKER_URL": redis_or_skip(), "MODEL_PATH": models.keras}
+    cwd = os.path.join(EXAMPLES, "celery_redis")
+    args = [
+        "celery",
+        "-A",
+        "tasks",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "2",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    with worker_process(args, env, str(tmp_path / "w.log"), "ready.", cwd=cwd):
+        done = subprocess.run(
+            [sys.executable, "send.py"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+            cwd=cwd,
+            env={**os.environ, **env},
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(re.findall(r"worker \d+: \[\[", done.stdout)) == 4
+
+
+def test_gunicorn_flask_example(models: Models, tmp_path: Any) -> None:
+    """gunicorn with the example's config answers over HTTP."""
+    port = free_port()
+    args = ["gunicorn", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}", "app:app"]
+    with worker_process(
+        args,
+        {"MODEL_PATH": models.keras},
+        str(tmp_path / "g.log"),
+        "Booting worker",
+        cwd=os.path.join(EXAMPLES, "gunicorn_flask"),
+    ):
+        answer = post(port, [[0.1, 0.2, 0.3, 0.4]])
+    assert len(answer["y"]) == 1 and len(answer["y"][0]) == 3
+
+
+def test_django_celery_example(models: Models, tmp_path: Any) -> None:
+    """A Django view enqueues a prediction that a Celery prefork worker answers."""
+    pytest.importorskip("django", reason="django is not installed")
+    env = {"BROKER_URL": redis_or_skip(), "MODEL_PATH": models.keras}
+    cwd = os.path.join(EXAMPLES, "django_celery")
+    port = free_port()
+    worker = [
+        "celery",
+        "-A",
+        "mysite",
+        "worker",
+        "-P",
+        "prefork",
+        "-c",
+        "2",
+        "--loglevel=INFO",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+    server = ["django", "runserver", f"127.0.0.1:{port}", "--noreload"]
+    env_server = {**env, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
+    with (
+        worker_process(worker, env, str(tmp_path / "w.log"), "ready.", cwd=cwd),
+        worker_process(server, env_server, str(tmp_path / "d.log"), "Quit the server", cwd=cwd),
+    ):
+        body = post_path(port, "/predict/", {"rows": [[0.1, 0.2, 0.3, 0.4]]})
+    assert len(body["y"][0]) == 3
+
+
+def post_path(port: int, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """POST JSON to a path, bounded."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(payload).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=120) as response:
+        return json.loads(response.read())  # type: ignore[no-any-return]
