@@ -28,6 +28,22 @@ def typecheck(session: nox.Session) -> None:
 
 
 @nox.session
+def stress(session: nox.Session) -> None:
+    session.install("-e", ".[test]")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-m",
+        "stress",
+        "-s",
+        "tests/stress",
+        *session.posargs,
+        env={"FORKSAFE_STRESS": "full"},
+    )
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("python", "-m", "benchmarks.core", *session.posargs)
