@@ -137,11 +137,13 @@ def rss_kb(pid: int) -> int | None:
 
 
 def slope_kb_per_s(samples: list[tuple[float, int]]) -> float:
-    """Least-squares slope of RSS over time in the second half of a child's life.
+    """Least-squares slope of RSS over time on a child's plateau.
 
-    The first half holds the warm-up (importing TensorFlow, loading the model).
+    The plateau is every sample within 2% of the child's peak: what remains once
+    the warm-up (importing TensorFlow, loading the model) is done.
     """
-    kept = samples[len(samples) // 2 :]
+    peak = max(rss for _, rss in samples)
+    kept = [(t, rss) for t, rss in samples if rss >= 0.98 * peak]
     if len(kept) < 3:
         return 0.0
     t = np.array([s[0] for s in kept])
