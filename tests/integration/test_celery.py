@@ -65,7 +65,7 @@ def run_worker(
     """Start a worker, send ``tasks`` predictions, return the answers and the worker's pid."""
     from celery import Celery
 
-    from tests.workers.celery_config import configure
+    from tests.workers.celery_config import close_client, configure
 
     env = {**broker_env(broker, tmp), "FS_MODEL": models.keras, **(extra or {})}
     queue = f"fs-{uuid.uuid4().hex[:12]}"
@@ -94,7 +94,7 @@ def run_worker(
             client.send_task("fs.predict", args=[x.tolist()], queue=queue) for _ in range(tasks)
         ]
         answers = [result.get(timeout=180) for result in pending]
-        client.close()
+        close_client(client)
         return answers, process.pid
 
 
@@ -186,7 +186,7 @@ def test_child_killed_mid_task_is_answered_by_its_replacement(
     """SIGKILL a prefork child mid-task (acks_late): the task is redelivered and answered."""
     from celery import Celery
 
-    from tests.workers.celery_config import configure
+    from tests.workers.celery_config import close_client, configure
 
     env = {**broker_env("redis", str(tmp_path)), "FS_MODEL": models.keras}
     queue = f"fs-{uuid.uuid4().hex[:12]}"
@@ -221,7 +221,7 @@ def test_child_killed_mid_task_is_answered_by_its_replacement(
             killed = int(f.read())
         os.kill(killed, signal.SIGKILL)
         answer = result.get(timeout=120)
-        client.close()
+        close_client(client)
     assert answer["pid"] != killed
     assert answer["loads"] == 1  # the replacement loaded its own model
     np.testing.assert_allclose(np.asarray(answer["y"]), reference, atol=1e-5)

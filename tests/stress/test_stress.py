@@ -155,7 +155,7 @@ def test_celery_soak_with_child_recycling(models: Models, tmp_path: Any) -> None
     """Thousands of tasks on a prefork worker with --max-tasks-per-child: all right."""
     from celery import Celery
 
-    from tests.workers.celery_config import configure
+    from tests.workers.celery_config import close_client, configure
 
     env = {**broker_env("redis", str(tmp_path)), "FS_MODEL": models.keras}
     tasks, per_child = count(5000, 300), count(500, 100)
@@ -202,7 +202,7 @@ def test_celery_soak_with_child_recycling(models: Models, tmp_path: Any) -> None
         seconds = time.monotonic() - start
         stop.set()
         sampler.join(10)
-        client.close()
+        close_client(client)
     wrong = sum(1 for a in answers if not np.allclose(a["y"], reference, atol=1e-5))
     pids = {a["pid"] for a in answers}
     slopes = {pid: slope_kb_per_s(s) for pid, s in samples.items() if len(s) >= 6}

@@ -29,3 +29,16 @@ def configure(app: Celery, env: Any) -> Celery:
             "store_processed": False,
         }
     return app
+
+
+def close_client(app: Celery) -> None:
+    """Close a test client completely, its result consumer's connection included.
+
+    ``app.close()`` leaves the rpc:// (and Redis pub/sub) result consumer's
+    connection to the garbage collector, which would report it in a later test.
+    """
+    consumer = getattr(app.backend, "result_consumer", None)
+    started = getattr(consumer, "_consumer", None) or getattr(consumer, "_pubsub", None)
+    if consumer is not None and started is not None:
+        consumer.stop()
+    app.close()
