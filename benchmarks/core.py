@@ -62,6 +62,13 @@ def build_model(directory: str) -> str:
     return path
 
 
+def write_json(path: str | None, report: dict[str, Any]) -> None:
+    """Write ``report`` to ``path`` when one was given."""
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+
+
 def summary(values: list[float]) -> dict[str, float]:
     """Min, median and max."""
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
@@ -203,9 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{s['proxy']['median'] * 1e3:.1f} ms, hand-written post-fork load "
         f"{s['hand_written']['median'] * 1e3:.1f} ms, ratio {cold['ratio']:.3f}"
     )
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+    write_json(args.json, report)
     return 0
 
 

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import statistics
 import tempfile
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 import forksafe
-from benchmarks.core import Echo, build_model, per_call, summary
+from benchmarks.core import Echo, build_model, per_call, summary, write_json
 
 
 def _spawned_ready(conn: Any) -> None:
@@ -152,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{size:>5} round trip: {row['seconds']['median'] * 1e3:.1f} ms, "
             f"{row['MB_per_s']:.0f} MB/s"
         )
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+    write_json(args.json, report)
     return 0
 
 

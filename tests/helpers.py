@@ -7,15 +7,13 @@ every path, so no test can hang the run or leave a process behind.
 from __future__ import annotations
 
 import multiprocessing
-import os
-import pickle
-import select
-import signal
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from forksafe.testing import ForkTimeoutError, run_in_fork
 
 
 class ChildTimeout(AssertionError):
@@ -37,63 +35,20 @@ class Outcome:
         return self.value
 
 
-def _reap(pid: int, deadline: float) -> int:
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    return os.waitpid(pid, 0)[1]
-
-
 def fork_call(fn: Callable[..., Any], *args: Any, timeout: float = 30.0, **kwargs: Any) -> Outcome:
-    """Run ``fn`` in a forked child; return its outcome, or kill it at ``timeout``."""
-    read_fd, write_fd = os.pipe()
+    """Run ``fn`` in a forked child (``forksafe.testing.run_in_fork``); return its outcome.
+
+    The child's exception becomes ``Outcome.error`` instead of being raised, so
+    tests can assert on it; a child past ``timeout`` is killed (``ChildTimeout``).
+    """
     start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.close(read_fd)
-            signal.alarm(int(timeout) + 5)  # in case the parent is gone
-            try:
-                payload = (fn(*args, **kwargs), None, "")
-            except BaseException as exc:
-                payload = (None, exc, traceback.format_exc())
-            try:
-                data = pickle.dumps(payload)
-            except Exception as exc:
-                data = pickle.dumps(
-                    (None, RuntimeError(f"unpicklable outcome: {exc!r}"), traceback.format_exc())
-                )
-            view = memoryview(data)
-            while view:
-                view = view[os.write(write_fd, view) :]
-        finally:
-            os._exit(0)
-    os.close(write_fd)
-    chunks: list[bytes] = []
-    deadline = start + timeout
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                os.kill(pid, signal.SIGKILL)
-                raise ChildTimeout(f"forked child {pid} did not finish within {timeout} s")
-            ready, _, _ = select.select([read_fd], [], [], remaining)
-            if ready:
-                chunk = os.read(read_fd, 1 << 16)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(read_fd)
-        status = _reap(pid, time.monotonic() + 5)
-    elapsed = time.monotonic() - start
-    if not chunks:
-        raise AssertionError(f"forked child {pid} died without an answer (status {status})")
-    value, error, tb = pickle.loads(b"".join(chunks))
-    return Outcome(value, error, tb, elapsed)
+        value = run_in_fork(fn, *args, timeout=timeout, **kwargs)
+    except ForkTimeoutError as exc:
+        raise ChildTimeout(str(exc)) from exc
+    except BaseException as exc:
+        return Outcome(None, exc, str(exc.__cause__ or ""), time.monotonic() - start)
+    return Outcome(value, None, "", time.monotonic() - start)
 
 
 _clean: Any = None

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.models import Models
-from tests.workers.harness import children_of, runs_tensorflow, worker_process
+from tests.workers.harness import celery_worker, runs_tensorflow, wait_until_warm, worker_process
 
 pytestmark = pytest.mark.timeout(300)
 celery = pytest.importorskip("celery", reason="celery is not installed")
@@ -69,24 +69,7 @@ def run_worker(
 
     env = {**broker_env(broker, tmp), "FS_MODEL": models.keras, **(extra or {})}
     queue = f"fs-{uuid.uuid4().hex[:12]}"
-    args = [
-        "celery",
-        "-A",
-        "tests.workers.celery_app",
-        "worker",
-        "-P",
-        pool,
-        "-c",
-        "2",
-        "-Q",
-        queue,
-        "-n",
-        f"{queue}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--loglevel=INFO",
-    ]
+    args = celery_worker("tests.workers.celery_app", pool, 2, queue)
     x, _ = models.reference()
     with worker_process(args, env, os.path.join(tmp, "worker.log"), "ready.") as process:
         client = configure(Celery("forksafe_client"), env)
@@ -150,32 +133,9 @@ def test_install_warms_each_child_and_never_the_parent(models: Models, tmp_path:
     """forksafe.celery.install: children load before any task; the parent never runs TF."""
     env = {**broker_env("filesystem", str(tmp_path)), "FS_MODEL": models.keras, "FS_WARM": "1"}
     queue = f"fs-{uuid.uuid4().hex[:12]}"
-    args = [
-        "celery",
-        "-A",
-        "tests.workers.celery_app",
-        "worker",
-        "-P",
-        "prefork",
-        "-c",
-        "2",
-        "-Q",
-        queue,
-        "-n",
-        f"{queue}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--loglevel=INFO",
-    ]
+    args = celery_worker("tests.workers.celery_app", "prefork", 2, queue)
     with worker_process(args, env, str(tmp_path / "worker.log"), "ready.") as process:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            children = children_of(process.pid)
-            if len(children) == 2 and all(runs_tensorflow(pid) for pid in children):
-                break
-            time.sleep(0.5)
-        children = children_of(process.pid)
+        children = wait_until_warm(process.pid, 2)
         assert len(children) == 2 and all(runs_tensorflow(pid) for pid in children)
         assert not runs_tensorflow(process.pid)
 
@@ -191,24 +151,7 @@ def test_child_killed_mid_task_is_answered_by_its_replacement(
     env = {**broker_env("redis", str(tmp_path)), "FS_MODEL": models.keras}
     queue = f"fs-{uuid.uuid4().hex[:12]}"
     marker = str(tmp_path / "first-delivery.pid")
-    args = [
-        "celery",
-        "-A",
-        "tests.workers.celery_app",
-        "worker",
-        "-P",
-        "prefork",
-        "-c",
-        "1",
-        "-Q",
-        queue,
-        "-n",
-        f"{queue}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--loglevel=INFO",
-    ]
+    args = celery_worker("tests.workers.celery_app", "prefork", 1, queue)
     x, reference = models.reference()
     with worker_process(args, env, str(tmp_path / "worker.log"), "ready."):
         client = configure(Celery("forksafe_client"), env)

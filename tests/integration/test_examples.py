@@ -13,7 +13,7 @@ import pytest
 from tests.integration.test_celery import REDIS_URL, reachable
 from tests.integration.test_gunicorn import free_port, post
 from tests.models import Models
-from tests.workers.harness import ROOT, worker_process
+from tests.workers.harness import ROOT, celery_worker, worker_process
 
 pytestmark = pytest.mark.timeout(300)
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -72,20 +72,7 @@ def test_celery_redis_example(models: Models, tmp_path: Any) -> None:
     """The original report's stack: a prefork worker on Redis answers send.py."""
     env = {"BROKER_URL": redis_or_skip(), "MODEL_PATH": models.keras}
     cwd = os.path.join(EXAMPLES, "celery_redis")
-    args = [
-        "celery",
-        "-A",
-        "tasks",
-        "worker",
-        "-P",
-        "prefork",
-        "-c",
-        "2",
-        "--loglevel=INFO",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
+    args = celery_worker("tasks", "prefork", 2)
     with worker_process(args, env, str(tmp_path / "w.log"), "ready.", cwd=cwd):
         done = subprocess.run(
             [sys.executable, "send.py"],
@@ -121,20 +108,7 @@ def test_django_celery_example(models: Models, tmp_path: Any) -> None:
     env = {"BROKER_URL": redis_or_skip(), "MODEL_PATH": models.keras}
     cwd = os.path.join(EXAMPLES, "django_celery")
     port = free_port()
-    worker = [
-        "celery",
-        "-A",
-        "mysite",
-        "worker",
-        "-P",
-        "prefork",
-        "-c",
-        "2",
-        "--loglevel=INFO",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
+    worker = celery_worker("mysite", "prefork", 2)
     server = ["django", "runserver", f"127.0.0.1:{port}", "--noreload"]
     env_server = {**env, "DJANGO_SETTINGS_MODULE": "mysite.settings"}
     with (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.models import Models
-from tests.workers.harness import children_of, runs_tensorflow, worker_process
+from tests.workers.harness import runs_tensorflow, wait_until_warm, worker_process
 
 pytestmark = pytest.mark.timeout(300)
 pytest.importorskip("gunicorn", reason="gunicorn is not installed")
@@ -112,13 +111,7 @@ def test_post_fork_warm_hook(models: Models, tmp_path: Any) -> None:
     with worker_process(
         args, {"FS_MODEL": models.keras}, str(tmp_path / "g.log"), "Booting worker"
     ) as process:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            workers = children_of(process.pid)
-            if len(workers) == 2 and all(runs_tensorflow(pid) for pid in workers):
-                break
-            time.sleep(0.5)
-        workers = children_of(process.pid)
+        workers = wait_until_warm(process.pid, 2)
         assert len(workers) == 2 and all(runs_tensorflow(pid) for pid in workers)
         assert not runs_tensorflow(process.pid)
         answer = post(port, x.tolist())

@@ -25,7 +25,7 @@ from tests.models import Models
 from tests.scenarios import HostProbe
 from tests.stress import scenarios
 from tests.stress.scenarios import count
-from tests.workers.harness import children_of, worker_process
+from tests.workers.harness import celery_worker, children_of, worker_process
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(1800)]
 
@@ -160,25 +160,9 @@ def test_celery_soak_with_child_recycling(models: Models, tmp_path: Any) -> None
     env = {**broker_env("redis", str(tmp_path)), "FS_MODEL": models.keras}
     tasks, per_child = count(5000, 300), count(500, 100)
     queue = f"fs-soak-{uuid.uuid4().hex[:8]}"
-    args = [
-        "celery",
-        "-A",
-        "tests.workers.celery_app",
-        "worker",
-        "-P",
-        "prefork",
-        "-c",
-        "2",
-        "-Q",
-        queue,
-        "-n",
-        f"{queue}@%h",
-        f"--max-tasks-per-child={per_child}",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "--loglevel=INFO",
-    ]
+    args = celery_worker(
+        "tests.workers.celery_app", "prefork", 2, queue, f"--max-tasks-per-child={per_child}"
+    )
     x, reference = models.reference()
     samples: dict[int, list[tuple[float, int]]] = {}
     stop = threading.Event()

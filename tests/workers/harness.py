@@ -72,6 +72,34 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
         process.wait(10)
 
 
+def celery_worker(
+    app: str, pool: str, concurrency: int, queue: str | None = None, *extra: str
+) -> list[str]:
+    """``python -m`` arguments of a quiet Celery worker (no gossip, mingle, heartbeat)."""
+    args = ["celery", "-A", app, "worker", "-P", pool, "-c", str(concurrency)]
+    if queue is not None:
+        args += ["-Q", queue, "-n", f"{queue}@%h"]
+    return [
+        *args,
+        *extra,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel=INFO",
+    ]
+
+
+def wait_until_warm(parent: int, workers: int, timeout: float = 90.0) -> list[int]:
+    """Wait, bounded, until ``workers`` children of ``parent`` have started TensorFlow."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = children_of(parent)
+        if len(children) == workers and all(runs_tensorflow(pid) for pid in children):
+            break
+        time.sleep(0.5)
+    return children_of(parent)
+
+
 def children_of(pid: int) -> list[int]:
     """Direct children of ``pid``."""
     found = []
