@@ -9,69 +9,19 @@ in rounds so that machine noise hits both alike; ratios are what to read.
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing
 import os
 import pickle
-import platform
 import signal
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
 import numpy as np
 
 import forksafe
-
-
-class Echo:
-    """A framework-free model: its methods measure the transport alone."""
-
-    def echo(self, x: Any) -> Any:
-        """Return ``x``: a round trip of its bytes."""
-        return x
-
-    def noop(self) -> None:
-        """Do nothing: a round trip of an empty message."""
-        return None
-
-
-def _build(path: str) -> None:
-    import keras
-
-    model = keras.Sequential(
-        [keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3)]
-    )
-    model.save(path)
-
-
-def build_model(directory: str) -> str:
-    """Save a small Dense model from a spawned process, keeping this one untouched."""
-    path = os.path.join(directory, "bench.keras")
-    process = multiprocessing.get_context("spawn").Process(target=_build, args=(path,))
-    process.start()
-    process.join(120)
-    if process.exitcode != 0:
-        process.kill()
-        raise SystemExit("building the benchmark model failed")
-    return path
-
-
-def write_json(path: str | None, report: dict[str, Any]) -> None:
-    """Write ``report`` to ``path`` when one was given."""
-    if path:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    """Min, median and max."""
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+from benchmarks._common import build_cnn, build_model, compare, summary, write_json
 
 
 def child_seconds(first_prediction: Callable[[], Any], timeout: float = 60.0) -> float:
@@ -123,87 +73,68 @@ def cold_start(path: str, x: np.ndarray, forks: int) -> dict[str, Any]:
     return {"seconds": {k: summary(v) for k, v in times.items()}, "ratio": ratio}
 
 
-def per_call(fn: Callable[[], Any], calls: int) -> float:
-    """Seconds per call of ``fn`` over ``calls`` calls."""
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
-
-
 def overhead(path: str, x: np.ndarray, rounds: int, calls: int) -> dict[str, Any]:
     """Proxy vs bare model, interleaved per round."""
     proxy = forksafe.load_model(path)
     proxy.predict_on_batch(x)
     bare = proxy.__wrapped__
-    cases: dict[str, tuple[Callable[[], Any], Callable[[], Any], int]] = {
-        "predict_on_batch": (
-            lambda: bare.predict_on_batch(x),
-            lambda: proxy.predict_on_batch(x),
-            calls,
+    return {
+        "predict_on_batch": compare(
+            lambda: bare.predict_on_batch(x), lambda: proxy.predict_on_batch(x), rounds, calls
         ),
-        "__call__": (lambda: bare(x), lambda: proxy(x), calls),
-        "predict": (
+        "__call__": compare(lambda: bare(x), lambda: proxy(x), rounds, calls),
+        "predict": compare(
             lambda: bare.predict(x, verbose=0),
             lambda: proxy.predict(x, verbose=0),
+            rounds,
             max(calls // 10, 5),
         ),
-        "attribute": (lambda: bare.name, lambda: proxy.name, calls * 100),
+        "attribute": compare(lambda: bare.name, lambda: proxy.name, rounds, calls * 100),
     }
-    results: dict[str, Any] = {}
-    for name, (base, proxied, n) in cases.items():
-        base(), proxied()  # warm up (tf.function tracing)
-        b, p = [], []
-        for _ in range(rounds):
-            b.append(per_call(base, n))
-            p.append(per_call(proxied, n))
-        results[name] = {
-            "bare_us": summary([v * 1e6 for v in b]),
-            "proxy_us": summary([v * 1e6 for v in p]),
-            "ratio": statistics.median(p) / statistics.median(b),
-            "added_ns": (statistics.median(p) - statistics.median(b)) * 1e9,
-        }
-    return results
+
+
+def cnn_overhead(path: str, rounds: int, calls: int) -> dict[str, Any]:
+    """Proxy vs bare model for a mid-size CNN (MobileNetV2, 96x96x3, batch 8)."""
+    x = np.random.default_rng(1).standard_normal((8, 96, 96, 3)).astype("float32")
+    proxy = forksafe.load_model(path)
+    proxy.predict_on_batch(x)
+    bare = proxy.__wrapped__
+    return {
+        "predict_on_batch": compare(
+            lambda: bare.predict_on_batch(x), lambda: proxy.predict_on_batch(x), rounds, calls
+        ),
+        "__call__": compare(lambda: bare(x), lambda: proxy(x), rounds, calls),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run both benchmarks and print a table (and JSON with ``--json``)."""
+    """Run the core benchmarks and print a table (and JSON with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--forks", type=int, default=10)
     parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
-    import keras
-    import tensorflow as tf
+    args, _ = parser.parse_known_args(argv)
+    import keras  # noqa: F401  (imported, never run, before the forks: as in a worker)
 
     x = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
     with tempfile.TemporaryDirectory() as directory:
         path = build_model(directory)
+        cnn = build_cnn(directory)
         # Cold start first: it needs this process to have never run TensorFlow.
         cold = cold_start(path, x, args.forks)
-        hot = overhead(path, x, args.rounds, args.calls)
-    report = {
-        "machine": {
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
-        "versions": {
-            "forksafe": forksafe.__version__,
-            "keras": keras.__version__,
-            "tensorflow": tf.__version__,
-            "numpy": np.__version__,
-        },
-        "cold_start": cold,
-        "overhead": hot,
-    }
-    print(f"{'call':<18}{'bare µs':>12}{'proxy µs':>12}{'ratio':>9}{'added ns':>11}")
-    for name, row in hot.items():
-        print(
-            f"{name:<18}{row['bare_us']['median']:>12.3f}{row['proxy_us']['median']:>12.3f}"
-            f"{row['ratio']:>9.3f}{row['added_ns']:>11.0f}"
-        )
+        report = {
+            "cold_start": cold,
+            "overhead_dense": overhead(path, x, args.rounds, args.calls),
+            "overhead_cnn": cnn_overhead(cnn, max(args.rounds // 2, 3), max(args.calls // 20, 5)),
+        }
+    print(f"{'call':<30}{'bare µs':>12}{'proxy µs':>12}{'ratio':>9}{'added ns':>11}")
+    for model in ("dense", "cnn"):
+        for name, row in report[f"overhead_{model}"].items():
+            print(
+                f"{model + ' ' + name:<30}{row['bare_us']['median']:>12.3f}"
+                f"{row['proxy_us']['median']:>12.3f}{row['ratio']:>9.3f}{row['added_ns']:>11.0f}"
+            )
     s = cold["seconds"]
     print(
         f"\nfork -> first prediction (median of {args.forks}): proxy "

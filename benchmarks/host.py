@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 import forksafe
-from benchmarks.core import Echo, build_model, per_call, summary, write_json
+from benchmarks._common import Echo, build_model, per_call, summary, write_json
 
 
 def _spawned_ready(conn: Any) -> None:

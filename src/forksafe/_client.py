@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import pickle
 import secrets
 import signal
 import socket
@@ -21,13 +22,12 @@ import threading
 import weakref
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from forksafe._errors import HostCrashedError, HostError, HostTimeoutError
 from forksafe._source import Source
 from forksafe._template import authenticate, set_timeouts
-from forksafe._transport import Outgoing, sweep, unpack
+from forksafe._transport import SegmentPool, sweep, unpack
 
 __all__ = ["HostClient", "RemoteModel", "frameworks_to_preload"]
 
@@ -163,6 +163,11 @@ def _connect(template: _Template, timeout: float) -> tuple[Connection, int]:
     return conn, int(pid)
 
 
+def _close(conn: Connection, pool: SegmentPool) -> None:
+    conn.close()
+    pool.close()
+
+
 class HostClient:
     """One host process serving one model for this process."""
 
@@ -173,6 +178,7 @@ class HostClient:
         self.host_pid: int | None = None
         self.meta: dict[str, Any] = {}
         self.lock = threading.Lock()
+        self.pool = SegmentPool()
         self._finalizer: weakref.finalize[Any, Any] | None = None
 
     def start(self) -> None:
@@ -183,7 +189,7 @@ class HostClient:
         except OSError:  # the template is gone (its creator exited): start a new one
             conn, pid = _connect(_template_for(preload, self.timeout, renew=True), self.timeout)
         self.conn, self.host_pid = conn, pid
-        self._finalizer = weakref.finalize(self, conn.close)
+        self._finalizer = weakref.finalize(self, _close, conn, self.pool)
         try:
             self.meta = self._exchange(("load", self.source), what="load")
         except BaseException:
@@ -206,11 +212,10 @@ class HostClient:
     def _exchange(self, message: tuple[Any, ...], *, what: str) -> Any:
         conn = self.conn
         assert conn is not None
-        outgoing = Outgoing()
         try:
-            packed = outgoing.pack(message)
+            packed = self.pool.pack(message)
             try:
-                data = ForkingPickler.dumps(packed)
+                data = pickle.dumps(packed, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 raise HostError(
                     f"cannot send {what} to the model host: {type(exc).__name__}: {exc}; "
@@ -218,7 +223,7 @@ class HostClient:
                     "classes defined at module level in an importable module)"
                 ) from exc
             conn.send_bytes(data)
-            status, payload, text = conn.recv()
+            status, payload, text = pickle.loads(conn.recv_bytes())
         except BlockingIOError:  # a socket timeout expired: the host is stuck
             pid = self.host_pid
             self._stop(signal.SIGKILL)
@@ -234,7 +239,7 @@ class HostClient:
                 "crashed); the next call starts a new host"
             ) from exc
         finally:
-            outgoing.release()
+            self.pool.recycle()  # the host has answered (or is gone): it is done with them
         if status == "ok":
             return unpack(payload)
         if hasattr(payload, "add_note"):

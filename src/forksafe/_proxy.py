@@ -30,13 +30,15 @@ else:
 class ModelProxy(_Base):
     """A model that is loaded lazily, once per process, and never reused across a fork.
 
-    Create one with :func:`load_model` or :func:`lazy_model`. Until first use
-    it holds only its source. The first attribute access, call or method
-    call loads the model in the current process (once, even when threads
-    race); afterwards everything is forwarded to the model. In a fork child
+    Create one with [`load_model`][forksafe.load_model] or
+    [`lazy_model`][forksafe.lazy_model], not directly. Until first use it
+    holds only its source. The first attribute access, call or method call
+    loads the model in the current process (once, even when threads race);
+    afterwards everything is forwarded to the model, and once loaded
+    in-process, ``isinstance(proxy, keras.Model)`` is true. In a fork child
     the parent's model is forgotten and loaded afresh on first use. A proxy
     pickles as its source, so a spawned worker receives a proxy that loads
-    there.
+    there. ``repr()`` and [`info`][forksafe.info] never load.
     """
 
     # Class-level defaults: reading proxy state never falls through to
@@ -130,13 +132,15 @@ class ModelProxy(_Base):
         """Fork-child hook: forget the parent's model; no framework code, no I/O."""
         if self._self_model is not None:
             keep.append((self._self_model, self._self_owner))
-        self._self_model = None
-        self._self_owner = None
-        self._self_owner_pid = 0
-        self._self_loads = 0
-        self._self_loading = None
-        self._self_in_effect = None
-        self._self_lock = threading.RLock()
+        # wrapt's own setattr, skipping ours: this runs for every proxy in every fork.
+        reset = _Base.__setattr__
+        reset(self, "_self_model", None)
+        reset(self, "_self_owner", None)
+        reset(self, "_self_owner_pid", 0)
+        reset(self, "_self_loads", 0)
+        reset(self, "_self_loading", None)
+        reset(self, "_self_in_effect", None)
+        reset(self, "_self_lock", threading.RLock())
 
     # -- forwarding (the hot path) -----------------------------------------
 
@@ -239,14 +243,17 @@ def load_model(
             (inference only: ``predict``, ``predict_on_batch``, ``__call__``).
         isolation: where the model runs. ``"inprocess"``: in this process;
             in a fork child of a process that had started a framework
-            runtime, use raises :class:`InheritedRuntimeError` at once
+            runtime, use raises
+            [`InheritedRuntimeError`][forksafe.InheritedRuntimeError] at once
             instead of hanging. ``"process"``: always in a host process of
             its own. ``"auto"`` (default): in this process where it can run
-            there, else in a host process, with a :class:`ForkSafeWarning`
-            (once per process) saying why.
+            there, else in a host process, with a
+            [`ForkSafeWarning`][forksafe.ForkSafeWarning] (once per process)
+            saying why.
         timeout: seconds that any one wait on a host may take (starting it,
-            loading, each call); on expiry the host is stopped and
-            :class:`HostTimeoutError` raised. Unused in-process.
+            loading, each call; default 120); on expiry the host is stopped
+            and [`HostTimeoutError`][forksafe.HostTimeoutError] raised.
+            Unused in-process.
         **load_kwargs: passed to the loader (``custom_objects``, ``compile``,
             ``safe_mode`` ...; Keras' ``safe_mode`` stays on by default).
 
@@ -283,8 +290,10 @@ def lazy_model(
     """Return a proxy whose model is ``factory(*args, **kwargs)``, built lazily per process.
 
     ``factory`` must be picklable (a module-level function) for the proxy to
-    reach spawned workers, and for ``isolation="process"``. ``isolation`` and
-    ``timeout`` are as for :func:`load_model` (and are not passed to ``factory``).
+    reach spawned workers, and for ``isolation="process"``. ``isolation``
+    and ``timeout`` are as for [`load_model`][forksafe.load_model] (and are
+    not passed to ``factory``). Nothing is built and no framework is
+    imported until the proxy is used.
 
     Raises:
         TypeError: ``factory`` is not callable.

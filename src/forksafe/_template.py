@@ -4,7 +4,8 @@ Started by exec (never a fork of the client, whose runtime may be dead), it
 imports the frameworks the client uses, checks that doing so started no
 runtime, and listens on a Unix socket in a private directory. Every
 authenticated connection is handed to a freshly forked host that serves it:
-a host costs a fork, not a framework import. The template exits when the
+a host costs a fork, not a framework import. A thread reaps every host that
+ends and sweeps the shared-memory segments it left. The template exits when the
 last process holding its stdin pipe (its creator and the creator's fork
 children) is gone.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import signal
 import socket
 import struct
 import sys
@@ -24,6 +24,8 @@ import warnings
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
+
+from forksafe._transport import sweep
 
 __all__ = ["authenticate", "main", "set_timeouts"]
 
@@ -74,6 +76,26 @@ def _watch_creator(directory: str) -> None:
     os._exit(0)
 
 
+_host_forked = threading.Event()
+# Held around every fork and every sweep: a host must never inherit a lock
+# (the resource tracker's, an import lock) that the sweeping thread held.
+_fork_lock = threading.Lock()
+
+
+def _reap_hosts() -> None:
+    # However a host ended (killed too), its pooled segments are swept here;
+    # hosts share this process's resource tracker, so it stays balanced.
+    while True:
+        try:
+            pid, _status = os.waitpid(-1, 0)  # holds no lock while it blocks
+        except ChildProcessError:  # no host right now: wait for the next fork
+            _host_forked.wait()
+            _host_forked.clear()
+            continue
+        with _fork_lock:
+            sweep(pid)
+
+
 def _serve_forever(listener: socket.socket, authkey: bytes) -> None:
     while True:
         try:
@@ -99,16 +121,17 @@ def _serve_forever(listener: socket.socket, authkey: bytes) -> None:
         except Exception:  # a client that fails the handshake gets nothing
             conn.close()
             continue
-        child = os.fork()
+        with _fork_lock:
+            child = os.fork()
         if child == 0:
             _become_host(listener, conn, pid)
+        _host_forked.set()
         conn.close()
 
 
 def _become_host(listener: socket.socket, conn: Connection, client_pid: int) -> None:
     code = 1
     try:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         listener.close()
         os.close(0)
         # The handshake bound is on the socket, shared by every descriptor of it.
@@ -143,9 +166,9 @@ def main() -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(64)
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # hosts are reaped automatically
     writer = Connection(os.dup(1), readable=False)
     writer.send({"address": address, "pid": os.getpid(), "clean": clean, "errors": errors})
     writer.close()
     threading.Thread(target=_watch_creator, args=(directory,), daemon=True).start()
+    threading.Thread(target=_reap_hosts, daemon=True).start()
     _serve_forever(listener, config["authkey"])

@@ -20,7 +20,7 @@ import pytest
 import forksafe
 from tests.helpers import run_clean
 from tests.integration.test_celery import broker_env
-from tests.integration.test_host import shm_segments, wait_gone
+from tests.integration.test_host import segments_back_to, shm_segments, wait_gone
 from tests.models import Models
 from tests.scenarios import HostProbe
 from tests.stress import scenarios
@@ -92,18 +92,19 @@ def test_host_kill_cycles() -> None:
         timer.join()
         assert proxy.value == 42
     leaked = [pid for pid in killed if not wait_gone(pid, 10)]
+    left = segments_back_to(before)
     report(
         "host_kills",
         {
             "cycles": cycles,
             "slowest_report_s": slowest,
             "leaked_hosts": leaked,
-            "leaked_segments": sorted(shm_segments() - before),
+            "leaked_segments": sorted(left),
         },
     )
     assert slowest < 2.0
     assert not leaked
-    assert shm_segments() <= before
+    assert not left
 
 
 @pytest.mark.parametrize(("fmt", "isolation"), [("keras", "inprocess"), ("h5", "process")])

@@ -1,0 +1,90 @@
+"""Run every benchmark, each in a fresh process, and write the results.
+
+    python -m benchmarks [--quick] [--only core host ...] [--out DIR]
+
+Writes ``DIR/bench-results.json`` (machine, versions, every figure),
+``DIR/RESULTS.md`` (the tables and the targets) and PNG plots in ``DIR``.
+The default ``DIR`` is ``benchmarks/``: the committed results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from benchmarks import report
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# section: (module, full arguments, --quick arguments)
+SECTIONS: dict[str, tuple[str, list[str], list[str]]] = {
+    "core": ("benchmarks.core", [], ["--rounds", "3", "--calls", "20", "--forks", "2"]),
+    "graph": ("benchmarks.graph", [], ["--rounds", "3", "--calls", "20"]),
+    "scaling": ("benchmarks.scaling", [], ["--rounds", "2"]),
+    "host": ("benchmarks.host", [], ["--rounds", "2", "--calls", "20"]),
+    "celery": ("benchmarks.celery_pools", [], ["--tasks", "20", "--repeat", "1"]),
+}
+
+
+def run_section(name: str, quick: bool, timeout: float) -> dict[str, Any]:
+    """Run one section's module in a fresh interpreter; return its JSON report."""
+    module, full, fast = SECTIONS[name]
+    with tempfile.TemporaryDirectory() as directory:
+        out = os.path.join(directory, "section.json")
+        start = time.monotonic()
+        completed = subprocess.run(
+            [sys.executable, "-m", module, "--json", out, *(fast if quick else full)],
+            cwd=os.path.dirname(HERE),
+            timeout=timeout,
+            check=False,
+        )
+        if completed.returncode != 0:
+            raise SystemExit(f"benchmark section {name!r} failed (exit {completed.returncode})")
+        with open(out, encoding="utf-8") as f:
+            result: dict[str, Any] = json.load(f)
+    result["wall_s"] = time.monotonic() - start
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the sections, then write JSON, Markdown and plots."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
+    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--out", default=HERE, help="where to write (default: benchmarks/)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="per section, seconds")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    started = time.monotonic()
+    sections = {}
+    for name in SECTIONS:
+        if name in args.only:
+            print(f"== {name}", flush=True)
+            sections[name] = run_section(name, args.quick, args.timeout)
+    results = {
+        "machine": report.machine(),
+        "versions": report.versions(),
+        "quick": args.quick,
+        "wall_s": time.monotonic() - started,
+        "sections": sections,
+    }
+    results["targets"] = report.targets(sections)
+    with open(os.path.join(args.out, "bench-results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    plots = report.plots(sections, args.out)
+    with open(os.path.join(args.out, "RESULTS.md"), "w", encoding="utf-8") as f:
+        f.write(report.markdown(results, plots))
+    for row in results["targets"]:
+        print(f"{'met ' if row['met'] else 'MISS'} {row['target']}: {row['value']}")
+    print(f"wrote {args.out}/RESULTS.md and bench-results.json in {results['wall_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""What every benchmark shares: models built out of process, timing, summaries, JSON."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+class Echo:
+    """A framework-free model: its methods measure the transport alone."""
+
+    def echo(self, x: Any) -> Any:
+        """Return ``x``: a round trip of its bytes."""
+        return x
+
+    def noop(self) -> None:
+        """Do nothing: a round trip of an empty message."""
+        return None
+
+
+def _build_dense(path: str, inputs: int, hidden: tuple[int, ...], outputs: int) -> None:
+    import keras
+
+    layers: list[Any] = [keras.Input((inputs,))]
+    layers += [keras.layers.Dense(size, activation="relu") for size in hidden]
+    layers.append(keras.layers.Dense(outputs))
+    keras.Sequential(layers).save(path)
+
+
+def _build_cnn(path: str, side: int) -> None:
+    import keras
+
+    keras.applications.MobileNetV2(
+        input_shape=(side, side, 3), weights=None, classes=10, alpha=1.0
+    ).save(path)
+
+
+def _build_legacy(path: str) -> None:
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import tf_keras
+
+    tf_keras.Sequential(
+        [
+            tf_keras.Input((4,)),
+            tf_keras.layers.Dense(8, activation="relu"),
+            tf_keras.layers.Dense(3),
+        ]
+    ).save(path)
+
+
+def _spawned(target: Callable[..., None], *args: Any) -> None:
+    """Run ``target`` in a spawned process, so this one never starts a framework."""
+    process = multiprocessing.get_context("spawn").Process(target=target, args=args)
+    process.start()
+    process.join(300)
+    if process.exitcode != 0:
+        process.kill()
+        process.join()
+        raise SystemExit(f"building a benchmark model with {target.__name__} failed")
+
+
+def build_model(
+    directory: str,
+    name: str = "bench.keras",
+    inputs: int = 4,
+    hidden: tuple[int, ...] = (8,),
+    outputs: int = 3,
+) -> str:
+    """Save a Dense model (default 4→8→3) from a spawned process; return its path."""
+    path = os.path.join(directory, name)
+    _spawned(_build_dense, path, inputs, hidden, outputs)
+    return path
+
+
+def build_cnn(directory: str, side: int = 96) -> str:
+    """Save ``keras.applications.MobileNetV2`` (``weights=None``, 10 classes)."""
+    path = os.path.join(directory, "cnn.keras")
+    _spawned(_build_cnn, path, side)
+    return path
+
+
+def build_legacy_model(directory: str) -> str:
+    """Save a tf_keras Dense 4→8→3 model as ``.h5`` (for TF1 graph mode)."""
+    path = os.path.join(directory, "legacy.h5")
+    _spawned(_build_legacy, path)
+    return path
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    """Min, median and max."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+def per_call(fn: Callable[[], Any], calls: int) -> float:
+    """Seconds per call of ``fn`` over ``calls`` calls."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def compare(
+    base: Callable[[], Any], other: Callable[[], Any], rounds: int, calls: int
+) -> dict[str, Any]:
+    """``other`` against ``base``, interleaved per round so noise hits both alike."""
+    base(), other()  # warm up (tf.function tracing)
+    b, o = [], []
+    for _ in range(rounds):
+        b.append(per_call(base, calls))
+        o.append(per_call(other, calls))
+    return {
+        "bare_us": summary([v * 1e6 for v in b]),
+        "proxy_us": summary([v * 1e6 for v in o]),
+        "ratio": statistics.median(o) / statistics.median(b),
+        "added_ns": (statistics.median(o) - statistics.median(b)) * 1e9,
+    }
+
+
+def write_json(path: str | None, report: dict[str, Any]) -> None:
+    """Write ``report`` to ``path`` when one was given."""
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)

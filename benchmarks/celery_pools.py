@@ -1,0 +1,194 @@
+"""Celery on the real Redis broker: prefork + forksafe against the thread-pool workaround.
+
+Each configuration is a real ``celery worker`` subprocess with 2 slots
+(``solo`` has one). Throughput: bursts of tasks sent at once, tasks/s from
+the first send to the last finish (the task stamps ``done_at``), min/median/max
+over the bursts. Latency: then a client keeps one task in flight per slot and
+records send → finish for each (p50/p99). And the RSS of each worker process.
+
+    python -m benchmarks.celery_pools [--tasks 300] [--repeat 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from benchmarks._common import build_model, summary, write_json
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REDIS = os.environ.get("FSB_REDIS", "redis://127.0.0.1:6379/14")
+
+# name: (pool, slots, how the model is held)
+CONFIGS: dict[str, tuple[str, int, str]] = {
+    "prefork + forksafe": ("prefork", 2, "proxy"),
+    "threads (report's workaround)": ("threads", 2, "plain"),
+    "threads + forksafe": ("threads", 2, "proxy"),
+    "solo": ("solo", 1, "plain"),
+}
+
+
+def redis_available() -> bool:
+    """Whether the Redis server answers a PING."""
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS, socket_timeout=2).ping())
+    except Exception:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="utf-8") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextmanager
+def _worker(pool: str, slots: int, hold: str, model: str, queue: str, log: str) -> Iterator[int]:
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [
+                sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker",
+                "-P", pool, "-c", str(slots), "-Q", queue, "-n", f"{queue}@%h",
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                "--loglevel=WARNING", "--prefetch-multiplier=1",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "FSB_BROKER": REDIS, "FSB_BACKEND": REDIS, "FSB_MODEL": model,
+                 "FSB_HOLD": hold},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield process.pid
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(process.pid, sig)
+                process.wait(15)
+                break
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                continue
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+
+
+def _burst(task: Any, queue: str, tasks: int) -> float:
+    """Send ``tasks`` at once; tasks/s from the first send to the last finish."""
+    start = time.time()
+    results = [task.apply_async((i,), queue=queue) for i in range(tasks)]
+    return tasks / (max(r.get(timeout=120)["done_at"] for r in results) - start)
+
+
+def _closed_loop(task: Any, queue: str, tasks: int, window: int) -> list[float]:
+    """Keep ``window`` tasks in flight until ``tasks`` finished; send → finish seconds."""
+    in_flight: collections.deque[tuple[float, Any]] = collections.deque()
+    latencies: list[float] = []
+    sent = 0
+    while len(latencies) < tasks:
+        while sent < tasks and len(in_flight) < window:
+            in_flight.append((time.time(), task.apply_async((sent,), queue=queue)))
+            sent += 1
+        sent_at, result = in_flight.popleft()
+        latencies.append(result.get(timeout=60)["done_at"] - sent_at)
+    return latencies
+
+
+def run_config(name: str, model: str, tasks: int, repeat: int, log_dir: str) -> dict[str, Any]:
+    """Start one worker configuration, warm it, measure it, stop it."""
+    from benchmarks.celery_app import app, classify
+
+    pool, slots, hold = CONFIGS[name]
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    log = os.path.join(log_dir, f"{pool}-{hold}.log")
+    with _worker(pool, slots, hold, model, queue, log) as pid:
+        try:
+            # Warm-up: every slot has loaded and traced before anything is timed.
+            for result in [classify.apply_async((i,), queue=queue) for i in range(4 * slots)]:
+                result.get(timeout=180)
+        except Exception as exc:
+            with open(log, encoding="utf-8", errors="replace") as f:
+                raise RuntimeError(
+                    f"{name}: warm-up failed ({exc!r}):\n{f.read()[-3000:]}"
+                ) from exc
+        rates = [_burst(classify, queue, tasks) for _ in range(repeat)]
+        latencies = _closed_loop(classify, queue, tasks, window=slots)
+        pids = [pid, *_children(pid)]
+        rss = {str(p): _rss_mb(p) for p in pids}
+    app.control.purge()
+    ms = np.asarray(latencies) * 1e3
+    return {
+        "pool": pool,
+        "slots": slots,
+        "model": hold,
+        "tasks_per_s": summary(rates),
+        "latency_ms": {
+            "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)),
+            "max": float(ms.max()),
+        },
+        "latencies_ms": [round(v, 3) for v in ms.tolist()],
+        "rss_mb": rss,
+        "rss_total_mb": sum(rss.values()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every configuration and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=300)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args, _ = parser.parse_known_args(argv)
+    if not redis_available():
+        reason = f"no Redis server at {REDIS}"
+        if os.environ.get("CI") == "true":
+            raise SystemExit(f"celery benchmark: {reason}")
+        print(f"celery benchmark skipped: {reason}")
+        write_json(args.json, {"celery": {"skipped": reason}})
+        return 0
+    report: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as directory:
+        model = build_model(directory, "celery.keras", inputs=64, hidden=(256, 256), outputs=10)
+        for name in CONFIGS:
+            report[name] = run_config(name, model, args.tasks, args.repeat, directory)
+    base = report["threads (report's workaround)"]["tasks_per_s"]["median"]
+    for name, row in report.items():
+        row["ratio_to_threads_workaround"] = row["tasks_per_s"]["median"] / base
+        print(
+            f"{name:<32}{row['tasks_per_s']['median']:>8.1f} tasks/s  "
+            f"p50 {row['latency_ms']['p50']:6.1f} ms  p99 {row['latency_ms']['p99']:6.1f} ms  "
+            f"RSS {row['rss_total_mb']:.0f} MB in {len(row['rss_mb'])} processes  "
+            f"(x{row['ratio_to_threads_workaround']:.2f})"
+        )
+    write_json(args.json, {"celery": report})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
