@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``bench``."""
+"""Developer sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``stress``, ``bench``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,6 @@ def stress(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
-    session.run("python", "-m", "benchmarks.core", *session.posargs)
-    session.run("python", "-m", "benchmarks.host", *session.posargs)
+    """Every benchmark; writes benchmarks/RESULTS.md, bench-results.json and plots."""
+    session.install("-e", ".[bench]")
+    session.run("python", "-m", "benchmarks", *session.posargs)

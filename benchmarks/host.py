@@ -76,23 +76,41 @@ def host_start(path: str) -> dict[str, Any]:
     }
 
 
+def _after_wait(local: Any, echo: Any, x: np.ndarray, calls: int) -> float:
+    """Seconds per in-process call made right after this process blocked on a round trip."""
+    total = 0.0
+    for _ in range(calls):
+        echo.noop()  # the process sleeps in recv, as a client waiting on its host does
+        start = time.perf_counter()
+        local.predict_on_batch(x)
+        total += time.perf_counter() - start
+    return total / calls
+
+
 def per_call_cost(path: str, rounds: int, calls: int) -> dict[str, Any]:
-    """Added latency of a small call through a host."""
+    """Added latency of a small call through a host, and where it goes."""
     x = np.random.default_rng(0).standard_normal((8, 4)).astype("float32")
     local = forksafe.load_model(path, isolation="inprocess")
     hosted = forksafe.load_model(path, isolation="process")
     echo = forksafe.lazy_model(Echo, isolation="process")
     local.predict_on_batch(x), hosted.predict_on_batch(x), echo.noop()
-    base, remote, noop = [], [], []
+    base, remote, noop, waited = [], [], [], []
     for _ in range(rounds):
         base.append(per_call(lambda: local.predict_on_batch(x), calls))
         remote.append(per_call(lambda: hosted.predict_on_batch(x), calls))
         noop.append(per_call(echo.noop, calls))
+        waited.append(_after_wait(local, echo, x, calls))
+    host, tight, transport = (statistics.median(v) for v in (remote, base, noop))
+    after_wait = statistics.median(waited)
     return {
         "inprocess_us": summary([v * 1e6 for v in base]),
         "host_us": summary([v * 1e6 for v in remote]),
-        "added_us": (statistics.median(remote) - statistics.median(base)) * 1e6,
+        "added_us": (host - tight) * 1e6,
         "noop_round_trip_us": summary([v * 1e6 for v in noop]),
+        # TensorFlow's own cost of a call that follows an idle wait: a host's
+        # every call does (it sleeps in recv between requests).
+        "inprocess_after_wait_us": summary([v * 1e6 for v in waited]),
+        "unexplained_us": (host - transport - after_wait) * 1e6,
     }
 
 
@@ -144,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"predict_on_batch: in-process {c['inprocess_us']['median']:.0f} µs, through host "
         f"{c['host_us']['median']:.0f} µs, added {c['added_us']:.0f} µs; no-op round trip "
-        f"{c['noop_round_trip_us']['median']:.0f} µs"
+        f"{c['noop_round_trip_us']['median']:.0f} µs; in-process after an idle wait "
+        f"{c['inprocess_after_wait_us']['median']:.0f} µs; unexplained {c['unexplained_us']:.0f} µs"
     )
     for size, row in report["throughput"].items():
         print(

@@ -1,0 +1,50 @@
+"""The benchmark runner end to end, with smoke counts: it runs and reports, it asserts no time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.celery_pools import redis_available
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(900)
+def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
+    """``python -m benchmarks --quick`` fills every section, every target and RESULTS.md."""
+    sections = ["core", "graph", "scaling", "host"]
+    if redis_available():
+        sections.append("celery")
+    elif os.environ.get("CI") == "true":
+        pytest.fail("no Redis server on 127.0.0.1:6379 (CI=true: a missing broker is a failure)")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--only", *sections],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=840,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "bench-results.json").read_text())
+    assert set(results["sections"]) == set(sections)
+    assert results["machine"]["cpus"] >= 1 and results["versions"]["forksafe"]
+    measured = [t for t in results["targets"] if t["value"] != "not measured"]
+    assert len(measured) == len(results["targets"]) - (0 if "celery" in sections else 1)
+    core = results["sections"]["core"]
+    for model in ("overhead_dense", "overhead_cnn"):
+        for row in core[model].values():
+            assert 0 < row["bare_us"]["min"] <= row["bare_us"]["median"] <= row["bare_us"]["max"]
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "**quick** mode" in text
+    for heading in ("## Targets", "## Proxy overhead", "## Out-of-process host", "## Scaling"):
+        assert heading in text
+    assert (tmp_path / "threads.png").stat().st_size > 1000
+    if "celery" in sections:
+        assert "## Celery on Redis" in text and (tmp_path / "celery.png").exists()
