@@ -1,4 +1,8 @@
-"""Developer sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``stress``, ``bench``."""
+"""Developer sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``stress``,
+``bench``.
+
+nox's default is ``lint``, ``typecheck`` and ``tests``.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +45,13 @@ def stress(session: nox.Session) -> None:
         *session.posargs,
         env={"FORKSAFE_STRESS": "full"},
     )
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the docs site into site/, warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", *session.posargs, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import pickle
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -76,6 +78,37 @@ def host_start(path: str) -> dict[str, Any]:
     }
 
 
+def _raw_server(path: str, conn: Any) -> None:
+    """The least any out-of-process design does: load, then unpickle, predict, pickle."""
+    import keras
+
+    model = keras.models.load_model(path)
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except EOFError:
+            return
+        result = model.predict_on_batch(pickle.loads(data))
+        conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def raw_server(path: str) -> tuple[Any, Callable[[np.ndarray], Any]]:
+    """A spawned hand-written model server on a pipe, and a function that calls it."""
+    ctx = multiprocessing.get_context("spawn")
+    client, server = ctx.Pipe()
+    process = ctx.Process(target=_raw_server, args=(path, server), daemon=True)
+    process.start()
+    server.close()
+
+    def call(x: np.ndarray) -> Any:
+        client.send_bytes(pickle.dumps(x, protocol=pickle.HIGHEST_PROTOCOL))
+        if not client.poll(60):
+            raise RuntimeError("the hand-written server did not answer")
+        return pickle.loads(client.recv_bytes())
+
+    return process, call
+
+
 def _after_wait(local: Any, echo: Any, x: np.ndarray, calls: int) -> float:
     """Seconds per in-process call made right after this process blocked on a round trip."""
     total = 0.0
@@ -93,16 +126,22 @@ def per_call_cost(path: str, rounds: int, calls: int) -> dict[str, Any]:
     local = forksafe.load_model(path, isolation="inprocess")
     hosted = forksafe.load_model(path, isolation="process")
     echo = forksafe.lazy_model(Echo, isolation="process")
-    local.predict_on_batch(x), hosted.predict_on_batch(x), echo.noop()
-    base, remote, noop, waited = [], [], [], []
+    server, raw = raw_server(path)
+    local.predict_on_batch(x), hosted.predict_on_batch(x), echo.noop(), raw(x)
+    base, remote, noop, waited, plain = [], [], [], [], []
     for _ in range(rounds):
+        plain.append(per_call(lambda: raw(x), calls))
         base.append(per_call(lambda: local.predict_on_batch(x), calls))
         remote.append(per_call(lambda: hosted.predict_on_batch(x), calls))
         noop.append(per_call(echo.noop, calls))
         waited.append(_after_wait(local, echo, x, calls))
+    server.kill()
+    server.join(10)
     host, tight, transport = (statistics.median(v) for v in (remote, base, noop))
     after_wait = statistics.median(waited)
     return {
+        "raw_server_us": summary([v * 1e6 for v in plain]),
+        "added_vs_raw_server_us": (host - statistics.median(plain)) * 1e6,
         "inprocess_us": summary([v * 1e6 for v in base]),
         "host_us": summary([v * 1e6 for v in remote]),
         "added_us": (host - tight) * 1e6,
@@ -164,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{c['host_us']['median']:.0f} µs, added {c['added_us']:.0f} µs; no-op round trip "
         f"{c['noop_round_trip_us']['median']:.0f} µs; in-process after an idle wait "
         f"{c['inprocess_after_wait_us']['median']:.0f} µs; unexplained {c['unexplained_us']:.0f} µs"
+    )
+    print(
+        f"hand-written pipe server: {c['raw_server_us']['median']:.0f} µs; the host adds "
+        f"{c['added_vs_raw_server_us']:.0f} µs to it"
     )
     for size, row in report["throughput"].items():
         print(

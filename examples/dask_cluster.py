@@ -1,4 +1,4 @@
-"""A proxy shipped to dask.distributed process workers: it loads once in each.
+"""A proxy scattered to dask.distributed process workers: it loads once in each.
 
 python examples/make_model.py /tmp/model.keras
 MODEL_PATH=/tmp/model.keras python examples/dask_cluster.py
@@ -25,6 +25,9 @@ if __name__ == "__main__":
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        futures = client.map(predict, [model] * 6, range(6), pure=False)
+        # Scattered once, the proxy is one object per worker, so each worker loads once;
+        # passed in every task instead, each task would unpickle (and load) its own.
+        shared = client.scatter(model, broadcast=True)
+        futures = client.map(predict, [shared] * 6, range(6), pure=False)
         for pid, loads, total in client.gather(futures):
             print(f"worker {pid}: loads={loads} sum={total:.4f}")

@@ -108,9 +108,11 @@ def run_in_fork(fn: Callable[..., T], *args: Any, timeout: float = 30.0, **kwarg
 
     An exception in the child is raised here, with the child's traceback as
     its ``__cause__``. A child that does not finish within ``timeout``
-    seconds is killed and :class:`ForkTimeoutError` raised with its Python
-    stacks at that moment. A child that dies without answering raises
-    :class:`ChildCrashedError`. ``fn`` need not be picklable; its result must be.
+    seconds is killed and
+    [`ForkTimeoutError`][forksafe.testing.ForkTimeoutError] raised with its
+    Python stacks at that moment. A child that dies without answering raises
+    [`ChildCrashedError`][forksafe.testing.ChildCrashedError]. ``fn`` need
+    not be picklable; its result must be.
     """
     __tracebackhide__ = True  # pytest: show the user's frames, not these
     read_fd, write_fd = os.pipe()
@@ -164,7 +166,7 @@ def _spawned(
 
 
 def run_in_subprocess(fn: Callable[..., T], *args: Any, timeout: float = 30.0, **kwargs: Any) -> T:
-    """Like :func:`run_in_fork`, in a fresh interpreter (``spawn``).
+    """Like [`run_in_fork`][forksafe.testing.run_in_fork], in a fresh interpreter (``spawn``).
 
     For code that must not see this process's state: nothing imported or
     started here exists there. ``fn``, its arguments and its result must be

@@ -1,4 +1,4 @@
-"""The ``forksafe`` command: ``demo`` (the original report, live) and ``doctor MODULE``."""
+"""The forksafe command: demo (the original Celery report, live) and doctor MODULE."""
 
 from __future__ import annotations
 
@@ -57,6 +57,10 @@ def _probe(target: str) -> dict[str, Any]:
 def doctor(target: str, timeout: float) -> int:
     """Print what importing ``target`` does to forked workers; 1 if that is a problem."""
     print(f"forksafe doctor: importing {target} in a fresh interpreter ...", flush=True)
+    # As with ``python -m``: the console script's sys.path lacks the current
+    # directory, where the user's worker module usually is.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         report = testing.run_in_subprocess(_probe, target, timeout=timeout)
     except testing.ForkTimeoutError as exc:

@@ -20,12 +20,12 @@ def inject(**models: str | os.PathLike[str] | ModelProxy) -> Callable[[F], F]:
     """Pass a per-process model as the named keyword arguments of the decorated function.
 
     Each value is a path (turned into ``forksafe.load_model(path)``) or an
-    existing :class:`ModelProxy`. Nothing loads at decoration time: each
-    process loads on its first call. The wrapper keeps ``__name__``,
+    existing [`ModelProxy`][forksafe.ModelProxy]. Nothing loads at
+    decoration time: each process loads on its first call. The wrapper keeps ``__name__``,
     ``__doc__`` and ``__wrapped__`` and shows a signature without the
     injected parameters, so ``inspect.signature`` and Celery's argument
     checking see what callers pass. An explicit ``model=...`` at a call wins.
-    Works on ``async def`` functions too. Stack it under ``@app.task``::
+    Works on ``async def`` functions too. Stack it under ``@app.task``:
 
         @app.task
         @forksafe.inject(model="model.keras")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import warnings
 from collections.abc import Callable
@@ -199,7 +200,7 @@ class ModelProxy(_Base):
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Callable[..., ModelProxy], tuple[Any, ...]]:
         # Ships the source, never the model: the receiver loads lazily.
-        return ModelProxy, (self._self_source, self._self_isolation, self._self_timeout)
+        return _unpickled, (self._self_source, self._self_isolation, self._self_timeout)
 
     def __reduce__(self) -> tuple[Callable[..., ModelProxy], tuple[Any, ...]]:
         return self.__reduce_ex__(2)
@@ -209,6 +210,25 @@ class ModelProxy(_Base):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelProxy:
         return self.__copy__()
+
+
+# One proxy per source in each process for proxies that arrive pickled: a
+# proxy passed as a task argument is unpickled once per task, and each copy
+# would otherwise load the model again. Held for the life of the process, as
+# a worker's module-level model would be.
+_arrived: dict[bytes, ModelProxy] = {}
+
+
+def _unpickled(source: Source, isolation: str, timeout: float) -> ModelProxy:
+    """The proxy for ``source`` in this process: the one that arrived before, if alive."""
+    try:
+        key = pickle.dumps((source, isolation, timeout), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # it was just unpickled, so this is unexpected: do not share
+        return ModelProxy(source, isolation, timeout)
+    proxy = _arrived.get(key)
+    if proxy is None:
+        proxy = _arrived.setdefault(key, ModelProxy(source, isolation, timeout))
+    return proxy
 
 
 def _check_options(isolation: Any, timeout: Any) -> tuple[str, float]:

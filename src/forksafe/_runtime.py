@@ -69,7 +69,14 @@ class BackendState:
 
 @dataclass(frozen=True)
 class RuntimeState:
-    """Runtime state of every supported framework in this process."""
+    """Runtime state of every supported framework in this process.
+
+    Attributes:
+        pid: the process this describes.
+        tensorflow: TensorFlow (Keras 3 on TensorFlow, tf_keras).
+        jax: JAX (also Keras 3 with the JAX backend).
+        torch: PyTorch; only its CUDA context counts as a started runtime.
+    """
 
     pid: int
     tensorflow: BackendState

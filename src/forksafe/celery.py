@@ -2,7 +2,7 @@
 
 Plain module-level proxies already work with every pool (``prefork``,
 ``threads``, ``solo``, ``gevent``); ``install`` only moves the load ahead of
-the first task::
+the first task:
 
     app = Celery(...)
     MODEL = forksafe.load_model("model.keras")

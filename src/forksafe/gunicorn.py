@@ -2,7 +2,7 @@
 
 Plain module-level proxies already work with sync and gthread workers, with
 or without ``--preload``. To load before the first request, in
-``gunicorn.conf.py``::
+``gunicorn.conf.py``:
 
     import forksafe.gunicorn
     from myapp import MODEL

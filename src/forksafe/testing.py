@@ -38,8 +38,10 @@ _DISPLAY = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch (CUDA)"}
 def import_report(module: str) -> dict[str, Any]:
     """Import ``module`` here and report which framework runtimes that started, and where.
 
-    Meant for a fresh interpreter (see :func:`assert_fork_safe`): forksafe is
-    imported first, so the line that starts TensorFlow is recorded.
+    Meant for a fresh interpreter (see
+    [`assert_fork_safe`][forksafe.testing.assert_fork_safe]): forksafe is
+    imported first, so the line that starts TensorFlow is recorded. Returns
+    ``{"module": module, "started": [(backend, "file:line" or None), ...]}``.
     """
     import forksafe
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from benchmarks.celery_pools import redis_available
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,8 +22,9 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
         sections.append("celery")
     elif os.environ.get("CI") == "true":
         pytest.fail("no Redis server on 127.0.0.1:6379 (CI=true: a missing broker is a failure)")
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)]
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--only", *sections],
+        [*command, "--only", *sections],
         cwd=ROOT,
         capture_output=True,
         text=True,

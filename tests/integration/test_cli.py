@@ -53,6 +53,24 @@ def test_doctor_passes_a_module_that_loads_lazily(tmp_path: Any) -> None:
     assert "OK: importing it started no framework runtime" in done.stdout
 
 
+def test_console_script_doctor_finds_a_module_in_the_current_directory(tmp_path: Any) -> None:
+    """``forksafe doctor tasks`` run where tasks.py is, as users type it (no PYTHONPATH)."""
+    (tmp_path / "cwd_tasks.py").write_text(CLEAN)
+    script = os.path.join(os.path.dirname(sys.executable), "forksafe")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [script, "doctor", "cwd_tasks"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "OK: importing it started no framework runtime" in done.stdout
+
+
 def test_doctor_flags_import_time_loading(tmp_path: Any, models: Models) -> None:
     """The original report's module: exit 1, naming the line and the bare model."""
     (tmp_path / "bad_tasks.py").write_text(BAD)

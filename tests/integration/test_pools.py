@@ -16,7 +16,10 @@ PARENT = pytest.mark.parametrize("parent_ran_tf", [False, True], ids=["untouched
 
 
 def check(answers: list[dict[str, Any]], models: Models, *, hosted: bool) -> None:
-    """Right numbers; each worker loaded once; hosted exactly when the runtime was inherited."""
+    """Right numbers; each worker loaded once; hosted exactly when the runtime was inherited.
+
+    ``answers`` carry the pid, the proxy's id and its load count.
+    """
     _, reference = models.reference()
     assert answers
     for answer in answers:
@@ -24,6 +27,12 @@ def check(answers: list[dict[str, Any]], models: Models, *, hosted: bool) -> Non
         assert answer["loads"] == 1
         assert answer["in_effect"] == ("process" if hosted else "inprocess")
     assert len({answer["pid"] for answer in answers}) <= 2
+    # A proxy passed as an argument arrives once per task; each worker keeps one.
+    shipped: dict[int, set[int]] = {}
+    for answer in answers:
+        if not answer.get("inherited"):
+            shipped.setdefault(answer["pid"], set()).add(answer["proxy"])
+    assert all(len(ids) == 1 for ids in shipped.values()), shipped
 
 
 @PARENT

@@ -152,14 +152,27 @@ def test_factory_using_its_own_proxy_is_a_clear_error() -> None:
 
 
 def test_pickle_ships_the_source_not_the_model(keras_proxy: forksafe.ModelProxy) -> None:
-    """A loaded proxy pickles small, and unpickles unloaded with the same source."""
+    """A loaded proxy pickles small, and unpickles as another proxy of the same source."""
     keras_proxy.name  # noqa: B018  (load)
     data = pickle.dumps(keras_proxy)
     assert len(data) < 1000
     clone = pickle.loads(data)
     assert isinstance(clone, forksafe.ModelProxy)
-    assert not forksafe.info(clone).loaded
+    assert clone is not keras_proxy
     assert forksafe.info(clone).source == forksafe.info(keras_proxy).source
+
+
+def test_unpickling_one_source_again_gives_the_same_proxy() -> None:
+    """A proxy that arrives pickled again and again (one task each) loads once per process."""
+    proxy = forksafe.lazy_model(NumpyModel, 3.5)  # a source no other test unpickles
+    data = pickle.dumps(proxy)
+    first = pickle.loads(data)
+    assert not forksafe.info(first).loaded
+    assert first.scale == 3.5
+    again = pickle.loads(pickle.dumps(proxy))
+    assert again is first and forksafe.info(again).loads == 1
+    other = pickle.loads(pickle.dumps(forksafe.lazy_model(NumpyModel, 3.5, delay=0.0)))
+    assert other is not first  # a different source (other arguments) is another proxy
 
 
 def test_copy_gives_an_unloaded_proxy_of_the_same_source() -> None:

@@ -19,13 +19,19 @@ def answer(proxy: Any, x: np.ndarray) -> dict[str, Any]:
     """Predict in a worker and say how the model is held there."""
     y = np.asarray(proxy.predict_on_batch(x))
     info = forksafe.info(proxy)
-    return {"pid": os.getpid(), "y": y, "loads": info.loads, "in_effect": info.in_effect}
+    return {
+        "pid": os.getpid(),
+        "proxy": id(proxy),
+        "y": y,
+        "loads": info.loads,
+        "in_effect": info.in_effect,
+    }
 
 
 def answer_inherited(x: np.ndarray) -> dict[str, Any]:
     """Predict with the module-level proxy a fork worker inherited."""
     assert INHERITED is not None
-    return answer(INHERITED, x)
+    return {**answer(INHERITED, x), "inherited": True}
 
 
 def _parent(models: Models, parent_ran_tf: bool) -> tuple[forksafe.ModelProxy, np.ndarray]:
