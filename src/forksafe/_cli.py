@@ -184,6 +184,7 @@ def demo(broker: str | None, workers: int, tasks: int, naive: bool, timeout: flo
                 app.conf.broker_transport_options = {
                     "data_folder_in": folder,
                     "data_folder_out": folder,
+                    "control_folder": os.path.join(folder, "control"),
                 }
             print(f"3/4 sending {tasks} prediction tasks ...", flush=True)
             rows = tiny.x.tolist()

@@ -30,6 +30,8 @@ if os.environ["FORKSAFE_DEMO_BROKER"].startswith("filesystem"):
     app.conf.broker_transport_options = {
         "data_folder_in": folder,
         "data_folder_out": folder,
+        # kombu's default is ./control, in the user's current directory.
+        "control_folder": os.path.join(folder, "control"),
         "store_processed": False,
     }
 

@@ -26,6 +26,8 @@ def configure(app: Celery, env: Any) -> Celery:
             "data_folder_in": folder,
             "data_folder_out": folder,
             "processed_folder": os.path.join(folder, "processed"),
+            # kombu's default is ./control, in whatever directory the worker runs.
+            "control_folder": os.path.join(folder, "control"),
             "store_processed": False,
         }
     return app
