@@ -45,7 +45,8 @@ class _Template:
     def alive(self) -> bool:
         if self.creator == os.getpid():
             return self.process.poll() is None
-        return os.path.exists(self.address)
+        # A fork child cannot wait on it: a refused connection tells, and renews.
+        return True
 
     def retire(self) -> None:
         """Close the template's stdin (it exits on EOF) and reap it, bounded."""

@@ -2,7 +2,8 @@
 
 Started by exec (never a fork of the client, whose runtime may be dead), it
 imports the frameworks the client uses, checks that doing so started no
-runtime, and listens on a Unix socket in a private directory. Every
+runtime, and listens on a Unix socket (an abstract one on Linux, else one in
+a private directory). Every
 authenticated connection is handed to a freshly forked host that serves it:
 a host costs a fork, not a framework import. A thread reaps every host that
 ends and sweeps the shared-memory segments it left. The template exits when the
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import secrets
 import shutil
 import socket
 import struct
@@ -64,7 +66,7 @@ def _preload(modules: list[str]) -> list[str]:
     return errors
 
 
-def _watch_creator(directory: str) -> None:
+def _watch_creator(directory: str | None) -> None:
     # Raw os.read: no Python-level lock is held while blocked, so forking
     # hosts while this thread waits is safe.
     try:
@@ -72,8 +74,26 @@ def _watch_creator(directory: str) -> None:
             pass
     except OSError:
         pass
-    shutil.rmtree(directory, ignore_errors=True)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
     os._exit(0)
+
+
+def _listen() -> tuple[socket.socket, str, str | None]:
+    """A listening socket, its address, and the directory to remove at exit (if any)."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if sys.platform.startswith("linux"):
+        # An abstract address is no file: nothing is left behind however the
+        # template ends, SIGKILL included. Peers are checked by uid and HMAC.
+        directory = None
+        address = f"\0forksafe-{os.getpid()}-{secrets.token_hex(8)}"
+    else:
+        directory = tempfile.mkdtemp(prefix="forksafe-")
+        os.chmod(directory, 0o700)
+        address = os.path.join(directory, "template.sock")
+    listener.bind(address)
+    listener.listen(64)
+    return listener, address, directory
 
 
 _host_forked = threading.Event()
@@ -160,12 +180,7 @@ def main() -> None:
 
     clean = not any(b.started or b.inherited for b in forksafe.runtime_state().backends)
     resource_tracker.ensure_running()  # hosts share it instead of each starting one
-    directory = tempfile.mkdtemp(prefix="forksafe-")
-    os.chmod(directory, 0o700)
-    address = os.path.join(directory, "template.sock")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address)
-    listener.listen(64)
+    listener, address, directory = _listen()
     writer = Connection(os.dup(1), readable=False)
     writer.send({"address": address, "pid": os.getpid(), "clean": clean, "errors": errors})
     writer.close()

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -221,6 +222,40 @@ def test_client_that_exits_leaves_no_host_and_no_template() -> None:
     host, template = (int(pid) for pid in done.stdout.split()[-2:])
     assert wait_gone(host, 10), f"host {host} outlived its client"
     assert wait_gone(template, 10), f"template {template} outlived its client"
+
+
+def test_killed_template_leaves_no_file_and_is_replaced(tmp_path: Path) -> None:
+    """A template SIGKILLed leaves nothing in the temp dir; the next host comes from a new one."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, signal, time
+        import forksafe
+        from tests.integration.test_host import parent_of, wait_gone
+        from tests.scenarios import HostProbe
+        first = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
+        template = parent_of(first.pid())
+        os.kill(template, signal.SIGKILL)
+        assert wait_gone(template, 10)
+        second = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
+        print(template, parent_of(second.pid()))
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=os.getcwd(),
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    killed, renewed = (int(pid) for pid in done.stdout.split()[-2:])
+    assert renewed != killed
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith("forksafe-")]
+    assert left == [], f"the templates left {left} in the temp dir"
 
 
 def test_client_killed_its_host_exits(tmp_path: object) -> None:
