@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -23,6 +24,12 @@ class Echo:
     def noop(self) -> None:
         """Do nothing: a round trip of an empty message."""
         return None
+
+    def busy(self, seconds: float) -> None:
+        """Keep the CPU busy for ``seconds``, as a model's call would, then answer."""
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
 
 
 def _build_dense(path: str, inputs: int, hidden: tuple[int, ...], outputs: int) -> None:
@@ -109,18 +116,38 @@ def per_call(fn: Callable[[], Any], calls: int) -> float:
 def compare(
     base: Callable[[], Any], other: Callable[[], Any], rounds: int, calls: int
 ) -> dict[str, Any]:
-    """``other`` against ``base``, interleaved per round so noise hits both alike."""
+    """``other`` against ``base`` in adjacent pairs, alternating which goes first.
+
+    The ratio is the median of the per-round ratios: each pair shares the
+    machine's state of that moment, so slow drifts (steal time on a shared
+    VM) cancel, and alternating the order cancels any first-or-second bias.
+    """
     base(), other()  # warm up (tf.function tracing)
     b, o = [], []
-    for _ in range(rounds):
-        b.append(per_call(base, calls))
-        o.append(per_call(other, calls))
+    for index in range(rounds):
+        if index % 2:
+            o.append(per_call(other, calls))
+            b.append(per_call(base, calls))
+        else:
+            b.append(per_call(base, calls))
+            o.append(per_call(other, calls))
+    ratios = [x / y for x, y in zip(o, b, strict=True)]
     return {
         "bare_us": summary([v * 1e6 for v in b]),
         "proxy_us": summary([v * 1e6 for v in o]),
-        "ratio": statistics.median(o) / statistics.median(b),
+        "ratio": statistics.median(ratios),
+        "ratio_ci95": median_ci(ratios),
         "added_ns": (statistics.median(o) - statistics.median(b)) * 1e9,
     }
+
+
+def median_ci(values: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """A 95 % bootstrap interval for the median of ``values`` (fixed seed: reproducible)."""
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
+    )
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def write_json(path: str | None, report: dict[str, Any]) -> None:

@@ -1,18 +1,21 @@
 """Celery on the real Redis broker: prefork + forksafe against the thread-pool workaround.
 
 Each configuration is a real ``celery worker`` subprocess with 2 slots
-(``solo`` has one). Throughput: bursts of tasks sent at once, tasks/s from
-the first send to the last finish (the task stamps ``done_at``), min/median/max
-over the bursts. Latency: then a client keeps one task in flight per slot and
-records send → finish for each (p50/p99). And the RSS of each worker process.
+(``solo`` has one), Celery's default prefetch; all run at once, measured in
+interleaved rounds, each round starting one configuration later. Throughput:
+bursts of tasks sent at once, tasks/s from the first send to the last finish
+(the task stamps ``done_at``), min/median/max over the bursts. Latency: then a
+client keeps one task in flight per slot and records send → finish for each
+(p50/p99). And the RSS of each worker process.
 
-    python -m benchmarks.celery_pools [--tasks 300] [--repeat 3] [--json FILE]
+    python -m benchmarks.celery_pools [--tasks 300] [--repeat 8] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -74,7 +77,7 @@ def _worker(pool: str, slots: int, hold: str, model: str, queue: str, log: str) 
                 sys.executable, "-m", "celery", "-A", "benchmarks.celery_app", "worker",
                 "-P", pool, "-c", str(slots), "-Q", queue, "-n", f"{queue}@%h",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
-                "--loglevel=WARNING", "--prefetch-multiplier=1",
+                "--loglevel=WARNING",
             ],
             cwd=ROOT,
             env={**os.environ, "FSB_BROKER": REDIS, "FSB_BACKEND": REDIS, "FSB_MODEL": model,
@@ -99,10 +102,23 @@ def _worker(pool: str, slots: int, hold: str, model: str, queue: str, log: str) 
 
 
 def _burst(task: Any, queue: str, tasks: int) -> float:
-    """Send ``tasks`` at once; tasks/s from the first send to the last finish."""
+    """Send ``tasks`` at once; tasks/s from the first send to the last finish.
+
+    While the burst runs this client only asks Redis, every 50 ms and in one
+    command, how many results exist: collecting them as they come would take
+    CPU from the workers on a small machine (from prefork's two processes more
+    than from a GIL-bound thread pool). The tasks stamp their own finish time.
+    """
     start = time.time()
     results = [task.apply_async((i,), queue=queue) for i in range(tasks)]
-    return tasks / (max(r.get(timeout=120)["done_at"] for r in results) - start)
+    backend = task.app.backend
+    keys = [backend.get_key_for_task(r.id) for r in results]
+    deadline = time.monotonic() + 120
+    while backend.client.exists(*keys) < tasks:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{queue}: the burst did not finish within 120 s")
+        time.sleep(0.05)
+    return tasks / (max(r.get(timeout=10)["done_at"] for r in results) - start)
 
 
 def _closed_loop(task: Any, queue: str, tasks: int, window: int) -> list[float]:
@@ -119,50 +135,72 @@ def _closed_loop(task: Any, queue: str, tasks: int, window: int) -> list[float]:
     return latencies
 
 
-def run_config(name: str, model: str, tasks: int, repeat: int, log_dir: str) -> dict[str, Any]:
-    """Start one worker configuration, warm it, measure it, stop it."""
+def _warm(name: str, queue: str, slots: int, log: str) -> None:
+    from benchmarks.celery_app import classify
+
+    try:
+        # Every slot has loaded and traced before anything is timed.
+        for result in [classify.apply_async((i,), queue=queue) for i in range(4 * slots)]:
+            result.get(timeout=180)
+    except Exception as exc:
+        with open(log, encoding="utf-8", errors="replace") as f:
+            raise RuntimeError(f"{name}: warm-up failed ({exc!r}):\n{f.read()[-3000:]}") from exc
+
+
+def run_all(model: str, tasks: int, repeat: int, log_dir: str) -> dict[str, Any]:
+    """Start every configuration at once, then measure them in interleaved rounds.
+
+    Idle workers block on the broker, so they cost the one being measured
+    nothing, and machine noise hits every configuration alike.
+    """
     from benchmarks.celery_app import app, classify
 
-    pool, slots, hold = CONFIGS[name]
-    queue = f"bench-{uuid.uuid4().hex[:8]}"
-    log = os.path.join(log_dir, f"{pool}-{hold}.log")
-    with _worker(pool, slots, hold, model, queue, log) as pid:
-        try:
-            # Warm-up: every slot has loaded and traced before anything is timed.
-            for result in [classify.apply_async((i,), queue=queue) for i in range(4 * slots)]:
-                result.get(timeout=180)
-        except Exception as exc:
-            with open(log, encoding="utf-8", errors="replace") as f:
-                raise RuntimeError(
-                    f"{name}: warm-up failed ({exc!r}):\n{f.read()[-3000:]}"
-                ) from exc
-        rates = [_burst(classify, queue, tasks) for _ in range(repeat)]
-        latencies = _closed_loop(classify, queue, tasks, window=slots)
-        pids = [pid, *_children(pid)]
-        rss = {str(p): _rss_mb(p) for p in pids}
+    queues = {name: f"bench-{uuid.uuid4().hex[:8]}" for name in CONFIGS}
+    rates: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    latencies: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    rss: dict[str, dict[str, float]] = {}
+    with contextlib.ExitStack() as stack:
+        pids = {}
+        for name, (pool, slots, hold) in CONFIGS.items():
+            log = os.path.join(log_dir, f"{pool}-{hold}.log")
+            pids[name] = stack.enter_context(_worker(pool, slots, hold, model, queues[name], log))
+        for name, (pool, slots, hold) in CONFIGS.items():
+            _warm(name, queues[name], slots, os.path.join(log_dir, f"{pool}-{hold}.log"))
+        names = list(CONFIGS)
+        for index in range(repeat):
+            # Each round starts one configuration later: none always follows another.
+            for name in names[index % len(names) :] + names[: index % len(names)]:
+                rates[name].append(_burst(classify, queues[name], tasks))
+        for name, (_pool, slots, _hold) in CONFIGS.items():
+            latencies[name] = _closed_loop(classify, queues[name], tasks, window=slots)
+        for name, pid in pids.items():
+            rss[name] = {str(p): _rss_mb(p) for p in [pid, *_children(pid)]}
     app.control.purge()
-    ms = np.asarray(latencies) * 1e3
-    return {
-        "pool": pool,
-        "slots": slots,
-        "model": hold,
-        "tasks_per_s": summary(rates),
-        "latency_ms": {
-            "p50": float(np.percentile(ms, 50)),
-            "p99": float(np.percentile(ms, 99)),
-            "max": float(ms.max()),
-        },
-        "latencies_ms": [round(v, 3) for v in ms.tolist()],
-        "rss_mb": rss,
-        "rss_total_mb": sum(rss.values()),
-    }
+    report = {}
+    for name, (pool, slots, hold) in CONFIGS.items():
+        ms = np.asarray(latencies[name]) * 1e3
+        report[name] = {
+            "pool": pool,
+            "slots": slots,
+            "model": hold,
+            "tasks_per_s": summary(rates[name]),
+            "latency_ms": {
+                "p50": float(np.percentile(ms, 50)),
+                "p99": float(np.percentile(ms, 99)),
+                "max": float(ms.max()),
+            },
+            "latencies_ms": [round(v, 3) for v in ms.tolist()],
+            "rss_mb": rss[name],
+            "rss_total_mb": sum(rss[name].values()),
+        }
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run every configuration and print a table."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=300)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=8)
     parser.add_argument("--json", default=None)
     args, _ = parser.parse_known_args(argv)
     if not redis_available():
@@ -172,11 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"celery benchmark skipped: {reason}")
         write_json(args.json, {"celery": {"skipped": reason}})
         return 0
-    report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as directory:
         model = build_model(directory, "celery.keras", inputs=64, hidden=(256, 256), outputs=10)
-        for name in CONFIGS:
-            report[name] = run_config(name, model, args.tasks, args.repeat, directory)
+        report = run_all(model, args.tasks, args.repeat, directory)
     base = report["threads (report's workaround)"]["tasks_per_s"]["median"]
     for name, row in report.items():
         row["ratio_to_threads_workaround"] = row["tasks_per_s"]["median"] / base

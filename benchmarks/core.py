@@ -3,7 +3,7 @@
 Every figure is measured against its baseline in the same run, interleaved
 in rounds so that machine noise hits both alike; ratios are what to read.
 
-    python -m benchmarks.core [--rounds 15] [--calls 200] [--forks 10] [--json FILE]
+    python -m benchmarks.core [--rounds 101] [--calls 20] [--forks 100] [--json FILE]
 """
 
 from __future__ import annotations
@@ -66,11 +66,14 @@ def cold_start(path: str, x: np.ndarray, forks: int) -> dict[str, Any]:
         keras.models.load_model(path).predict_on_batch(x)
 
     times: dict[str, list[float]] = {"proxy": [], "hand_written": []}
-    for _ in range(forks):
-        times["proxy"].append(child_seconds(with_proxy))
-        times["hand_written"].append(child_seconds(hand_written))
-    ratio = statistics.median(times["proxy"]) / statistics.median(times["hand_written"])
-    return {"seconds": {k: summary(v) for k, v in times.items()}, "ratio": ratio}
+    for index in range(forks):  # adjacent pairs, alternating which goes first
+        order = ("proxy", "hand_written") if index % 2 == 0 else ("hand_written", "proxy")
+        for name in order:
+            times[name].append(child_seconds(with_proxy if name == "proxy" else hand_written))
+    ratio = statistics.median(
+        p / h for p, h in zip(times["proxy"], times["hand_written"], strict=True)
+    )
+    return {"seconds": {k: summary(v) for k, v in times.items()}, "ratio": ratio, "forks": forks}
 
 
 def overhead(path: str, x: np.ndarray, rounds: int, calls: int) -> dict[str, Any]:
@@ -79,6 +82,10 @@ def overhead(path: str, x: np.ndarray, rounds: int, calls: int) -> dict[str, Any
     proxy.predict_on_batch(x)
     bare = proxy.__wrapped__
     return {
+        # A/A: the bare model against itself shows this run's noise floor.
+        "predict_on_batch (bare vs bare)": compare(
+            lambda: bare.predict_on_batch(x), lambda: bare.predict_on_batch(x), rounds, calls
+        ),
         "predict_on_batch": compare(
             lambda: bare.predict_on_batch(x), lambda: proxy.predict_on_batch(x), rounds, calls
         ),
@@ -86,33 +93,37 @@ def overhead(path: str, x: np.ndarray, rounds: int, calls: int) -> dict[str, Any
         "predict": compare(
             lambda: bare.predict(x, verbose=0),
             lambda: proxy.predict(x, verbose=0),
-            rounds,
-            max(calls // 10, 5),
+            max(rounds // 4, 3),
+            3,
         ),
         "attribute": compare(lambda: bare.name, lambda: proxy.name, rounds, calls * 100),
     }
 
 
-def cnn_overhead(path: str, rounds: int, calls: int) -> dict[str, Any]:
+def cnn_overhead(path: str, rounds: int) -> dict[str, Any]:
     """Proxy vs bare model for a mid-size CNN (MobileNetV2, 96x96x3, batch 8)."""
     x = np.random.default_rng(1).standard_normal((8, 96, 96, 3)).astype("float32")
     proxy = forksafe.load_model(path)
     proxy.predict_on_batch(x)
     bare = proxy.__wrapped__
     return {
-        "predict_on_batch": compare(
-            lambda: bare.predict_on_batch(x), lambda: proxy.predict_on_batch(x), rounds, calls
+        "predict_on_batch (bare vs bare)": compare(
+            lambda: bare.predict_on_batch(x), lambda: bare.predict_on_batch(x), rounds, 2
         ),
-        "__call__": compare(lambda: bare(x), lambda: proxy(x), rounds, calls),
+        "predict_on_batch": compare(
+            lambda: bare.predict_on_batch(x), lambda: proxy.predict_on_batch(x), rounds, 2
+        ),
+        # Eager op by op: a fifth of a second a call here.
+        "__call__": compare(lambda: bare(x), lambda: proxy(x), max(rounds // 2, 3), 1),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the core benchmarks and print a table (and JSON with ``--json``)."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--forks", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=101)
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--forks", type=int, default=100)
     parser.add_argument("--json", default=None)
     args, _ = parser.parse_known_args(argv)
     import keras  # noqa: F401  (imported, never run, before the forks: as in a worker)
@@ -126,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         report = {
             "cold_start": cold,
             "overhead_dense": overhead(path, x, args.rounds, args.calls),
-            "overhead_cnn": cnn_overhead(cnn, max(args.rounds // 2, 3), max(args.calls // 20, 5)),
+            "overhead_cnn": cnn_overhead(cnn, args.rounds),
         }
     print(f"{'call':<30}{'bare µs':>12}{'proxy µs':>12}{'ratio':>9}{'added ns':>11}")
     for model in ("dense", "cnn"):

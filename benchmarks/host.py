@@ -128,17 +128,19 @@ def per_call_cost(path: str, rounds: int, calls: int) -> dict[str, Any]:
     echo = forksafe.lazy_model(Echo, isolation="process")
     server, raw = raw_server(path)
     local.predict_on_batch(x), hosted.predict_on_batch(x), echo.noop(), raw(x)
-    base, remote, noop, waited, plain = [], [], [], [], []
+    # How long the host stays busy in the "busy" round trip: as long as a call.
+    call_s = statistics.median(per_call(lambda: local.predict_on_batch(x), calls) for _ in "abc")
+    base, remote, noop, busy, waited, plain = [], [], [], [], [], []
     for _ in range(rounds):
         plain.append(per_call(lambda: raw(x), calls))
         base.append(per_call(lambda: local.predict_on_batch(x), calls))
         remote.append(per_call(lambda: hosted.predict_on_batch(x), calls))
         noop.append(per_call(echo.noop, calls))
+        busy.append(per_call(lambda: echo.busy(call_s), calls) - call_s)
         waited.append(_after_wait(local, echo, x, calls))
     server.kill()
     server.join(10)
-    host, tight, transport = (statistics.median(v) for v in (remote, base, noop))
-    after_wait = statistics.median(waited)
+    host, tight = statistics.median(remote), statistics.median(base)
     return {
         "raw_server_us": summary([v * 1e6 for v in plain]),
         "added_vs_raw_server_us": (host - statistics.median(plain)) * 1e6,
@@ -146,10 +148,15 @@ def per_call_cost(path: str, rounds: int, calls: int) -> dict[str, Any]:
         "host_us": summary([v * 1e6 for v in remote]),
         "added_us": (host - tight) * 1e6,
         "noop_round_trip_us": summary([v * 1e6 for v in noop]),
+        # The same round trip while the host keeps the CPU busy as long as a
+        # call does (no framework): what it costs on top of the busy time.
+        # On a VM a process that blocked longer wakes up later.
+        "busy_for_s": call_s,
+        "busy_round_trip_extra_us": summary([v * 1e6 for v in busy]),
         # TensorFlow's own cost of a call that follows an idle wait: a host's
         # every call does (it sleeps in recv between requests).
         "inprocess_after_wait_us": summary([v * 1e6 for v in waited]),
-        "unexplained_us": (host - transport - after_wait) * 1e6,
+        "unexplained_us": (host - tight - statistics.median(busy)) * 1e6,
     }
 
 
@@ -201,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"predict_on_batch: in-process {c['inprocess_us']['median']:.0f} µs, through host "
         f"{c['host_us']['median']:.0f} µs, added {c['added_us']:.0f} µs; no-op round trip "
-        f"{c['noop_round_trip_us']['median']:.0f} µs; in-process after an idle wait "
+        f"{c['noop_round_trip_us']['median']:.0f} µs; while the host is busy as long as a "
+        f"call: +{c['busy_round_trip_extra_us']['median']:.0f} µs; in-process after an idle wait "
         f"{c['inprocess_after_wait_us']['median']:.0f} µs; unexplained {c['unexplained_us']:.0f} µs"
     )
     print(

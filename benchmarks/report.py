@@ -53,10 +53,18 @@ def versions() -> dict[str, str]:
 
 
 def _target(
-    name: str, value: float | None, limit: float, unit: str, *, most: bool
+    name: str,
+    value: float | None,
+    limit: float,
+    unit: str,
+    *,
+    most: bool,
+    interval: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     met = value is not None and (value <= limit if most else value >= limit)
-    shown = "not measured" if value is None else f"{value:.3g}{unit}"
+    shown = "not measured" if value is None else f"{value:.4g}{unit}"
+    if value is not None and interval is not None:
+        shown += f" (95 % interval {interval[0]:.3f}-{interval[1]:.3f})"
     sign = "≤" if most else "≥"
     return {"target": f"{name} {sign} {limit:g}{unit}", "value": shown, "met": met}
 
@@ -69,7 +77,14 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
         for call in ("predict_on_batch", "__call__"):
             row = core.get(f"overhead_{model}", {}).get(call)
             rows.append(
-                _target(f"{model} {call} proxy/bare", row and row["ratio"], 1.02, "", most=True)
+                _target(
+                    f"{model} {call} proxy/bare",
+                    row and row["ratio"],
+                    1.02,
+                    "",
+                    most=True,
+                    interval=row and row["ratio_ci95"],
+                )
             )
     cold = core.get("cold_start")
     rows.append(
@@ -167,7 +182,8 @@ def _overhead_rows(rows: dict[str, Any], label: str) -> list[str]:
     for call, row in rows.items():
         lines.append(
             f"| {label} | `{call}` | {_mmm(row['bare_us'], fmt='.2f')} | "
-            f"{_mmm(row['proxy_us'], fmt='.2f')} | {row['ratio']:.3f} | "
+            f"{_mmm(row['proxy_us'], fmt='.2f')} | {row['ratio']:.3f} "
+            f"({row['ratio_ci95'][0]:.3f}-{row['ratio_ci95'][1]:.3f}) | "
             f"{row['added_ns'] / 1000:+.2f} µs |"
         )
     return lines
@@ -207,8 +223,11 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
             "`tf_keras` Dense 4→8→3 with eager execution disabled, its bare baseline called from",
             "the thread whose default graph holds it (no re-entry), and a hand-written",
             "`with graph.as_default(), session.as_default():` as the threads workaround does.",
+            "The ratio is the median of per-round proxy/bare ratios (rounds alternate which",
+            "goes first), with a bootstrap 95 % interval; the *bare vs bare* rows time the bare",
+            "model against itself: how far they land from 1 is this run's noise.",
             "",
-            "| model | call | bare µs | proxy µs | ratio | added |",
+            "| model | call | bare µs | proxy µs | ratio (95 % interval) | added |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         out += _overhead_rows(core["overhead_dense"], "Dense")
@@ -220,7 +239,9 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
             "",
             "## Child cold start (`benchmarks/core.py`)",
             "",
-            "Fork → first prediction in the child; the parent imported Keras but never ran it.",
+            "Fork → first prediction in the child; the parent imported Keras but never ran it. "
+            f"{cold.get('forks', '?')} forks of each, in adjacent pairs; the ratio is the "
+            "median of the per-pair ratios.",
             "",
             "| proxy ms | hand-written post-fork `load_model` ms | ratio |",
             "| --- | --- | --- |",
@@ -243,8 +264,16 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
             f" | ratio to spawn {st['ratio_later_host_vs_spawn']:.3f} |",
             f"| later host, no model | {_mmm(st['later_host_without_model_s'], 1e3)} ms | |",
             f"| no-op method round trip | {_mmm(pc['noop_round_trip_us'])} µs | |",
+            f"| same round trip while the host spins {pc['busy_for_s'] * 1e6:.0f} µs (as long "
+            f"as the call below), beyond that time | {_mmm(pc['busy_round_trip_extra_us'])} µs "
+            "| no-op round trip above |",
             f"| `predict_on_batch` (Dense, batch 8) | {_mmm(pc['host_us'])} µs | in-process "
             f"{_mmm(pc['inprocess_us'])} µs: {pc['added_us']:+.0f} µs |",
+            f"| same, in-process right after an idle wait (as a host always is) | "
+            f"{_mmm(pc['inprocess_after_wait_us'])} µs | tight loop above |",
+            f"| same, through a hand-written spawned server on a `multiprocessing` pipe | "
+            f"{_mmm(pc['raw_server_us'])} µs | the host adds {pc['added_vs_raw_server_us']:+.0f} µs"
+            " to it |",
         ]
         for size, row in host["throughput"].items():
             out.append(
