@@ -118,6 +118,7 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
             1.5,
             "",
             most=False,
+            interval=prefork and prefork["ratio_ci95"],
         )
     )
     return rows
@@ -292,6 +293,8 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
                 "and Python-level feature code → `predict_on_batch` (Dense 64→256→256→10) →",
                 "softmax and top-3 as plain Python. Worker slots: 2 (`solo`: 1).",
                 "",
+                "Ratios are the median of per-round ratios, with a bootstrap 95 % interval.",
+                "",
                 "| worker | tasks/s | ratio to threads workaround | p50 ms | p99 ms "
                 "| RSS per process MB |",
                 "| --- | --- | --- | --- | --- | --- |",
@@ -300,7 +303,8 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
                 rss = " + ".join(f"{mb:.0f}" for mb in row["rss_mb"].values())
                 out.append(
                     f"| {name} | {_mmm(row['tasks_per_s'])} | "
-                    f"{row['ratio_to_threads_workaround']:.2f} | {row['latency_ms']['p50']:.1f} | "
+                    f"{row['ratio_to_threads_workaround']:.2f} ({row['ratio_ci95'][0]:.2f}-"
+                    f"{row['ratio_ci95'][1]:.2f}) | {row['latency_ms']['p50']:.1f} | "
                     f"{row['latency_ms']['p99']:.1f} | {rss} |"
                 )
     sc = s.get("scaling")
