@@ -96,8 +96,12 @@ def worker_rows(output: str) -> list[tuple[int, int, int]]:
 
 
 @pytest.mark.parametrize("broker", ["filesystem", "redis"])
-def test_demo_answers_every_task_with_one_load_per_worker(broker: str) -> None:
-    """forksafe demo: a real prefork worker answers all tasks; each process loaded once."""
+def test_demo_answers_every_task_with_one_load_per_worker(broker: str, tmp_path: Any) -> None:
+    """forksafe demo: a real prefork worker answers all tasks; each process loaded once.
+
+    It writes nothing into the directory it runs in (kombu's filesystem transport
+    would put a ``control/`` folder there).
+    """
     args = ["demo", "--workers", "2", "--tasks", "6"]
     if broker == "redis":
         if not reachable(REDIS_URL):
@@ -105,9 +109,10 @@ def test_demo_answers_every_task_with_one_load_per_worker(broker: str) -> None:
                 pytest.fail(f"redis not reachable at {REDIS_URL} (CI=true)")
             pytest.skip(f"redis not reachable at {REDIS_URL}")
         args += ["--broker", REDIS_URL]
-    done = forksafe_cli(*args)
+    done = forksafe_cli(*args, cwd=str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "answered 6 of 6 tasks" in done.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
     rows = worker_rows(done.stdout)
     assert 1 <= len(rows) <= 2
     assert all(loads == 1 for _, loads, _ in rows)
