@@ -3,12 +3,11 @@
 Started by exec (never a fork of the client, whose runtime may be dead), it
 imports the frameworks the client uses, checks that doing so started no
 runtime, and listens on a Unix socket (an abstract one on Linux, else one in
-a private directory). Every
-authenticated connection is handed to a freshly forked host that serves it:
-a host costs a fork, not a framework import. A thread reaps every host that
-ends and sweeps the shared-memory segments it left. The template exits when the
-last process holding its stdin pipe (its creator and the creator's fork
-children) is gone.
+a private directory). Every authenticated connection is handed to a freshly
+forked host that serves it: a host costs a fork, not a framework import. A
+thread reaps every host that ends and sweeps the shared-memory segments it
+left. The template exits when the last process holding its stdin pipe (its
+creator and the creator's fork children) is gone.
 """
 
 from __future__ import annotations
