@@ -7,6 +7,10 @@ every path, so no test can hang the run or leave a process behind.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
+import sys
+import textwrap
 import time
 import traceback
 from collections.abc import Callable
@@ -108,3 +112,21 @@ def run_clean(
             process.kill()
             process.join(5)
     return Outcome(value, error, tb, elapsed)
+
+
+def run_python(code: str, *, timeout: float = 60.0, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter (``env`` added to the environment), bounded.
+
+    Returns its standard output; fails the test with its standard error if it
+    exits non-zero.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **env},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip()

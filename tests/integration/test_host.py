@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 import forksafe
 from forksafe._transport import PREFIX
 from tests import scenarios
-from tests.helpers import fork_call, run_clean
+from tests.helpers import fork_call, run_clean, run_python
 from tests.models import Models
 from tests.scenarios import HostProbe
 
@@ -197,13 +198,15 @@ def test_host_exits_when_its_proxy_is_collected() -> None:
     assert wait_gone(pid, 10)
 
 
+def client_pids(code: str, **env: str) -> tuple[int, int]:
+    """Run a client in a fresh interpreter; return the two pids it printed last."""
+    first, second = (int(pid) for pid in run_python(code, timeout=120, **env).split()[-2:])
+    return first, second
+
+
 def test_client_that_exits_leaves_no_host_and_no_template() -> None:
     """A client interpreter that exits normally takes its host and template with it."""
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent("""
+    host, template = client_pids("""
         import forksafe
         from tests.integration.test_host import parent_of
         from tests.scenarios import HostProbe
@@ -211,27 +214,15 @@ def test_client_that_exits_leaves_no_host_and_no_template() -> None:
         host = proxy.pid()
         print(host, parent_of(host))
     """)
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-        cwd=os.getcwd(),
-    )
-    host, template = (int(pid) for pid in done.stdout.split()[-2:])
     assert wait_gone(host, 10), f"host {host} outlived its client"
     assert wait_gone(template, 10), f"template {template} outlived its client"
 
 
 def test_killed_template_leaves_no_file_and_is_replaced(tmp_path: Path) -> None:
     """A template SIGKILLed leaves nothing in the temp dir; the next host comes from a new one."""
-    import subprocess
-    import sys
-    import textwrap
-
-    code = textwrap.dedent("""
-        import os, signal, time
+    killed, renewed = client_pids(
+        """
+        import os, signal
         import forksafe
         from tests.integration.test_host import parent_of, wait_gone
         from tests.scenarios import HostProbe
@@ -241,18 +232,9 @@ def test_killed_template_leaves_no_file_and_is_replaced(tmp_path: Path) -> None:
         assert wait_gone(template, 10)
         second = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
         print(template, parent_of(second.pid()))
-    """)
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=os.getcwd(),
-        env={**os.environ, "TMPDIR": str(tmp_path)},
+        """,
+        TMPDIR=str(tmp_path),
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    killed, renewed = (int(pid) for pid in done.stdout.split()[-2:])
     assert renewed != killed
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith("forksafe-")]
     assert left == [], f"the templates left {left} in the temp dir"
@@ -353,7 +335,6 @@ def test_timeout_must_be_positive() -> None:
 
 def test_factory_the_host_cannot_import_is_a_clear_error() -> None:
     """A factory the host cannot import: a HostError saying why; the host stays usable."""
-    import sys
     import types
 
     module = types.ModuleType("forksafe_only_in_this_process")

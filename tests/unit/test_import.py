@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
-
-def run_python(code: str) -> str:
-    """Run ``code`` in a fresh interpreter and return its output."""
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+from tests.helpers import run_python
 
 
 def test_import_and_proxy_creation_import_no_framework(tmp_path: object) -> None:
