@@ -20,6 +20,17 @@ _DISPLAY = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch (CUDA)"}
 _MODEL_TYPES = (("keras", "Model"), ("tf_keras", "Model"), ("torch.nn", "Module"))
 
 
+def demo_transport_options(folder: str) -> dict[str, Any]:
+    """The demo's filesystem broker, for its worker and its client: all of it in ``folder``."""
+    return {
+        "data_folder_in": folder,
+        "data_folder_out": folder,
+        # kombu's default is ./control, in the user's current directory.
+        "control_folder": os.path.join(folder, "control"),
+        "store_processed": False,
+    }
+
+
 def _bare_models(module: str, attribute: str | None) -> list[tuple[str, str]]:
     """Module-level (or ``attribute``) objects that are models held outside a proxy."""
     import forksafe
@@ -181,11 +192,7 @@ def demo(broker: str | None, workers: int, tasks: int, naive: bool, timeout: flo
                 backend=env["FORKSAFE_DEMO_BACKEND"],
             )
             if env["FORKSAFE_DEMO_BROKER"].startswith("filesystem"):
-                app.conf.broker_transport_options = {
-                    "data_folder_in": folder,
-                    "data_folder_out": folder,
-                    "control_folder": os.path.join(folder, "control"),
-                }
+                app.conf.broker_transport_options = demo_transport_options(folder)
             print(f"3/4 sending {tasks} prediction tasks ...", flush=True)
             rows = tiny.x.tolist()
             pending = [app.send_task("forksafe_demo.predict", args=[rows]) for _ in range(tasks)]

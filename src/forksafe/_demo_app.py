@@ -26,14 +26,9 @@ app.conf.update(
     worker_hijack_root_logger=False,
 )
 if os.environ["FORKSAFE_DEMO_BROKER"].startswith("filesystem"):
-    folder = os.environ["FORKSAFE_DEMO_FOLDER"]
-    app.conf.broker_transport_options = {
-        "data_folder_in": folder,
-        "data_folder_out": folder,
-        # kombu's default is ./control, in the user's current directory.
-        "control_folder": os.path.join(folder, "control"),
-        "store_processed": False,
-    }
+    from forksafe._cli import demo_transport_options
+
+    app.conf.broker_transport_options = demo_transport_options(os.environ["FORKSAFE_DEMO_FOLDER"])
 
 if os.environ.get("FORKSAFE_DEMO_NAIVE") == "1":
     import keras
