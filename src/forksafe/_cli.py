@@ -15,8 +15,8 @@ from collections import defaultdict
 from typing import Any
 
 from forksafe import testing
+from forksafe._frameworks import display
 
-_DISPLAY = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch (CUDA)"}
 _MODEL_TYPES = (("keras", "Model"), ("tf_keras", "Model"), ("torch.nn", "Module"))
 
 
@@ -84,7 +84,7 @@ def doctor(target: str, timeout: float) -> int:
     for name, where in report["started"]:
         problems += 1
         print(
-            f"  PROBLEM: importing it started the {_DISPLAY.get(name, name)} runtime "
+            f"  PROBLEM: importing it started the {display(name)} runtime "
             f"(at {where or 'an unknown line'}); every worker forked from a process that "
             "imports it (Celery prefork, gunicorn --preload, multiprocessing 'fork') will "
             "hang on its first prediction or need a model host."

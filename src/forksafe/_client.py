@@ -25,13 +25,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from forksafe._errors import HostCrashedError, HostError, HostTimeoutError
+from forksafe._frameworks import PRELOADABLE
 from forksafe._source import Source
 from forksafe._template import authenticate, set_timeouts
 from forksafe._transport import SegmentPool, sweep, unpack
 
 __all__ = ["HostClient", "RemoteModel", "frameworks_to_preload"]
-
-_FRAMEWORKS = ("tensorflow", "keras", "tf_keras", "jax", "torch")
 
 
 @dataclass
@@ -68,7 +67,7 @@ _template_lock_pid = os.getpid()
 
 def frameworks_to_preload(source: Source) -> tuple[str, ...]:
     """The frameworks this process uses, plus the default loader's: what hosts will need."""
-    wanted = {name for name in _FRAMEWORKS if name in sys.modules}
+    wanted = {name for name in PRELOADABLE if name in sys.modules}
     if source.path is not None and source.loader is None:
         from forksafe._source import legacy_keras
 

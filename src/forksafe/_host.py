@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from forksafe._errors import HostError
+from forksafe._frameworks import backend_of
 from forksafe._graph import GraphOwner, load_owned
 from forksafe._transport import SegmentPool, is_plain, to_plain, unpack
 
@@ -57,8 +58,6 @@ class _Host:
         raise HostError(f"unknown request {op!r}")
 
     def load(self, source: Any) -> dict[str, Any]:
-        from forksafe._info import backend_of
-
         self.model, self.owner = load_owned(source.load)
         kind = type(self.model)
         return {

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 from forksafe import _forking
+from forksafe._frameworks import backend_of
 from forksafe._proxy import ModelProxy
 
 __all__ = ["ProxyInfo", "info"]
-
-_BACKEND_OF_PACKAGE = {
-    "tf_keras": "tensorflow",
-    "tensorflow": "tensorflow",
-    "torch": "torch",
-    "jax": "jax",
-    "flax": "jax",
-}
 
 
 @dataclass(frozen=True)
@@ -50,16 +42,6 @@ class ProxyInfo:
     host_pid: int | None
     source: str
     generation: int
-
-
-def backend_of(model: object) -> str | None:
-    """The framework that runs ``model``, from the package its class comes from."""
-    package = type(model).__module__.partition(".")[0]
-    if package == "keras":
-        keras = sys.modules.get("keras")
-        config = getattr(keras, "config", None)
-        return str(config.backend()) if config is not None else None
-    return _BACKEND_OF_PACKAGE.get(package)
 
 
 def info(proxy: ModelProxy) -> ProxyInfo:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-__all__ = ["BackendState", "RuntimeState", "runtime_state"]
+from forksafe._frameworks import BACKENDS, display
 
-BACKENDS = ("tensorflow", "jax", "torch")
+__all__ = ["BackendState", "RuntimeState", "runtime_state"]
 
 # Frames from these packages are the framework's own; the start location we
 # report is the first frame outside them.
@@ -316,9 +316,6 @@ def note_loaded() -> None:
             note_started(name, caller_location())
 
 
-_DISPLAY = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch (CUDA)"}
-
-
 def explain_inherited(blocked: dict[str, _Start], *, what: str) -> str:
     """The message of ``InheritedRuntimeError``: what happened, where, and the fixes."""
     parts = []
@@ -329,7 +326,7 @@ def explain_inherited(blocked: dict[str, _Start], *, what: str) -> str:
             where = f" {start.location}"
         else:
             where = f" at {start.location}"
-        parts.append(f"{_DISPLAY[name]} was started in parent process {start.pid}{where}")
+        parts.append(f"{display(name)} was started in parent process {start.pid}{where}")
     return (
         f"cannot use model {what!r} in process {os.getpid()}: "
         + "; ".join(parts)
@@ -348,7 +345,7 @@ def explain_hosted(blocked: dict[str, _Start], *, what: str) -> str:
     name, start = first
     where = f" at {start.location}" if start.location and not start.location.startswith("(") else ""
     return (
-        f"model {what!r} runs in a separate host process, because {_DISPLAY[name]} was "
+        f"model {what!r} runs in a separate host process, because {display(name)} was "
         f"started in parent process {start.pid}{where} before this process ({os.getpid()}) "
         "was forked, and cannot run here. Each call now crosses a process boundary (tens of "
         "microseconds, plus a copy of large arrays) and the host costs its own memory. To run "

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from forksafe._errors import HostError
+from forksafe._frameworks import to_numpy
 
 __all__ = ["PREFIX", "SHM_THRESHOLD", "SegmentPool", "sweep", "to_plain", "unpack"]
 
@@ -175,15 +176,7 @@ def unpack(obj: Any) -> Any:
 
 def to_plain(obj: Any) -> Any:
     """Framework tensors in ``obj`` as numpy arrays (they cannot cross processes)."""
-
-    def convert(leaf: Any) -> Any:
-        if isinstance(leaf, np.ndarray | np.generic) or not hasattr(leaf, "__array__"):
-            return leaf
-        if type(leaf).__module__.partition(".")[0] in ("tensorflow", "torch", "jax", "jaxlib"):
-            return np.asarray(leaf)
-        return leaf
-
-    return _walk(obj, convert)
+    return _walk(obj, to_numpy)
 
 
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, np.ndarray, np.generic, np.dtype)

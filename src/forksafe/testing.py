@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from forksafe._childrun import ChildCrashedError, ForkTimeoutError, run_in_fork, run_in_subprocess
+from forksafe._frameworks import display
 from forksafe._tiny import TinyModel, build_tiny_model, save_tiny_model
 from forksafe._transport import PREFIX
 
@@ -32,7 +33,6 @@ __all__ = [
 
 _IMPORT_ALLOWANCE = 120.0  # seconds for a fresh interpreter to import the module
 _TEMPLATE_MARK = b"forksafe._template import main"
-_DISPLAY = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch (CUDA)"}
 
 
 def import_report(module: str) -> dict[str, Any]:
@@ -110,7 +110,7 @@ def assert_fork_safe(
         return
     if problem == "started":
         where = "; ".join(
-            f"{_DISPLAY.get(n, n)} at {at or 'an unknown line'}" for n, at in result["started"]
+            f"{display(n)} at {at or 'an unknown line'}" for n, at in result["started"]
         )
         raise AssertionError(
             f"importing {module!r} started a framework runtime ({where}). Every process forked "

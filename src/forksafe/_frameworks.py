@@ -1,0 +1,90 @@
+"""The one table of frameworks: names, the packages that belong to each, conversions to numpy.
+
+Nothing here imports a framework: every function looks only at modules
+already in ``sys.modules`` or at the type of a value it was given.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "BACKENDS",
+    "FRAMEWORKS",
+    "PRELOADABLE",
+    "Framework",
+    "backend_of",
+    "display",
+    "framework_of_value",
+    "to_numpy",
+]
+
+
+@dataclass(frozen=True)
+class Framework:
+    """One runtime forksafe knows how to detect and convert from.
+
+    Attributes:
+        name: the backend's name (``"tensorflow"``, ``"jax"``, ``"torch"``),
+            as in ``runtime_state()`` and ``info().backend``.
+        display: how messages name it.
+        packages: top-level packages whose objects run on this runtime.
+    """
+
+    name: str
+    display: str
+    packages: tuple[str, ...]
+
+
+FRAMEWORKS: tuple[Framework, ...] = (
+    Framework("tensorflow", "TensorFlow", ("tensorflow", "tf_keras")),
+    Framework("jax", "JAX", ("jax", "jaxlib", "flax")),
+    Framework("torch", "PyTorch", ("torch",)),
+)
+BACKENDS: tuple[str, ...] = tuple(f.name for f in FRAMEWORKS)
+_BY_NAME = {f.name: f for f in FRAMEWORKS}
+_BY_PACKAGE = {package: f.name for f in FRAMEWORKS for package in f.packages}
+
+# Modules a host template imports ahead of time when the client has them:
+# a host then costs a fork, not an import.
+PRELOADABLE = ("tensorflow", "keras", "tf_keras", "jax", "torch")
+
+
+def display(name: str) -> str:
+    """The name messages use for backend ``name``."""
+    framework = _BY_NAME.get(name)
+    return framework.display if framework is not None else name
+
+
+def backend_of(model: object) -> str | None:
+    """The framework that runs ``model``, from the package its class comes from."""
+    package = type(model).__module__.partition(".")[0]
+    if package == "keras":
+        config = getattr(sys.modules.get("keras"), "config", None)
+        return str(config.backend()) if config is not None else None
+    return _BY_PACKAGE.get(package)
+
+
+def framework_of_value(value: object) -> str | None:
+    """The framework a tensor-like ``value`` belongs to, or ``None`` for anything else."""
+    return _BY_PACKAGE.get(type(value).__module__.partition(".")[0])
+
+
+def to_numpy(value: Any) -> Any:
+    """A framework tensor as a numpy array (detached and on the CPU); anything else as is.
+
+    torch refuses ``numpy()`` on a tensor that requires grad or lives on a
+    GPU, so it is detached and copied to the CPU first.
+    """
+    if isinstance(value, np.ndarray | np.generic):
+        return value
+    framework = framework_of_value(value)
+    if framework is None or not hasattr(value, "__array__"):
+        return value
+    if framework == "torch":
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
