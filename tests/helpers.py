@@ -6,6 +6,7 @@ every path, so no test can hang the run or leave a process behind.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import subprocess
@@ -130,3 +131,65 @@ def run_python(code: str, *, timeout: float = 60.0, **env: str) -> str:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip()
+
+
+def fork_many(fn: Callable[[int], Any], count: int, *, timeout: float = 60.0) -> list[Outcome]:
+    """Fork ``count`` children that start ``fn(index)`` at the same moment; their outcomes.
+
+    The children are released together once all exist (a race, not a
+    sequence). Each is killed if it has not answered within ``timeout``.
+    """
+    import pickle
+    import select
+    import signal
+
+    go_read, go_write = os.pipe()
+    children: list[tuple[int, int]] = []
+    try:
+        for index in range(count):
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child
+                code = 1
+                try:
+                    os.close(read_fd)
+                    os.read(go_read, 1)
+                    start = time.monotonic()
+                    try:
+                        payload = (fn(index), None, "")
+                    except BaseException as exc:
+                        payload = (None, exc, traceback.format_exc())
+                    data = pickle.dumps((*payload, time.monotonic() - start))
+                    while data:
+                        data = data[os.write(write_fd, data) :]
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(write_fd)
+            children.append((pid, read_fd))
+        os.write(go_write, b"g" * count)
+        outcomes = []
+        deadline = time.monotonic() + timeout
+        for pid, read_fd in children:
+            chunks = []
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([read_fd], [], [], remaining)[0]:
+                    raise ChildTimeout(f"forked child {pid} did not answer within {timeout} s")
+                chunk = os.read(read_fd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            if not chunks:
+                raise AssertionError(f"forked child {pid} died without an answer")
+            value, error, tb, elapsed = pickle.loads(b"".join(chunks))
+            outcomes.append(Outcome(value, error, tb, elapsed))
+        return outcomes
+    finally:
+        os.close(go_read)
+        os.close(go_write)
+        for pid, read_fd in children:
+            os.close(read_fd)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)

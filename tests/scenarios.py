@@ -315,6 +315,46 @@ class HostProbe:
     def boom(self) -> None:
         raise ValueError("boom from the host")
 
+    def shout(self, text: str) -> str:
+        """Print to the host's stdout and stderr, unflushed, as model code does."""
+        print(f"{text} on stdout")
+        print(f"{text} on stderr", file=sys.stderr)
+        return text
+
+    def gadget(self, path: str) -> Any:
+        """A value whose unpickling would run code (it writes ``path``) where it is decoded."""
+        return Gadget(path)
+
+    def custom_error(self) -> None:
+        raise CustomError("custom from the host", 7)
+
+
+class CustomError(LookupError):
+    """An exception class of the model's own (not a builtin, not forksafe's)."""
+
+
+def touch(path: str) -> str:
+    """Write this process's pid to ``path`` (what a gadget runs when unpickled)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(str(os.getpid()))
+    return path
+
+
+class Gadget:
+    """Unpickles by calling ``touch``: a stand-in for a hostile pickle."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return touch, (self.path,)
+
+
+def printing_factory(text: str) -> HostProbe:
+    """A factory that prints while it builds, as real apps' loaders do."""
+    print(f"{text}: building the model")
+    return HostProbe()
+
 
 def poisoned_child_isolations(models: Models) -> dict[str, Any]:
     """Parent ran predict with plain Keras; the child tries each isolation."""

@@ -44,4 +44,4 @@ __all__ = [
 ]
 
 _forking.install()
-_runtime.install_capture_hooks()
+_runtime.install()

@@ -30,29 +30,6 @@ class GraphOwner:
         with self.graph.as_default(), self.session.as_default():
             return fn(*args, **kwargs)
 
-    def bind(self, fn: Callable[..., Any]) -> _InGraph:
-        """``fn`` as a callable that always runs inside the owning graph and session."""
-        return _InGraph(fn, self)
-
-
-class _InGraph:
-    """A model method bound to its owning graph and session; otherwise looks like it."""
-
-    __slots__ = ("_fn", "_owner")
-
-    def __init__(self, fn: Callable[..., Any], owner: GraphOwner) -> None:
-        self._fn = fn
-        self._owner = owner
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._owner.call(self._fn, *args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._fn, name)
-
-    def __repr__(self) -> str:
-        return f"<{self._fn!r} in its owning TF1 graph and session>"
-
 
 def load_owned(load: Callable[[], Any]) -> tuple[Any, GraphOwner | None]:
     """Run ``load`` and return the model with the graph and session that own it.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import threading
 import warnings
 from collections.abc import Callable
+from types import MethodType
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -14,6 +16,7 @@ import wrapt
 from forksafe import _forking, _runtime
 from forksafe._errors import ForkSafeError, ForkSafeWarning, InheritedRuntimeError
 from forksafe._graph import GraphOwner, load_owned
+from forksafe._methods import ProxyMethod
 from forksafe._source import Source
 
 __all__ = ["DEFAULT_TIMEOUT", "ISOLATIONS", "ModelProxy", "lazy_model", "load_model"]
@@ -90,13 +93,21 @@ class ModelProxy(_Base):
                     f"the model {self._self_source.describe()!r} was used while it was being "
                     "loaded, by the loader or factory itself; it must not use its own proxy"
                 )
+            _forking.report_failures()
             in_effect = self._isolation_now()
             self._self_loading = threading.get_ident()
             try:
                 if in_effect == "process":
-                    from forksafe._client import RemoteModel
+                    from forksafe._host.client import RemoteModel
 
-                    model, owner = RemoteModel(self._self_source, self._self_timeout), None
+                    source = self._self_source
+                    model = RemoteModel(
+                        functools.partial(load_owned, source.load),
+                        describe=source.describe(),
+                        preload=source.frameworks(),
+                        timeout=self._self_timeout,
+                    )
+                    owner = None
                 else:
                     model, owner = load_owned(self._self_source.load)
                     _runtime.note_loaded()
@@ -129,6 +140,9 @@ class ModelProxy(_Base):
             )
         return "process"
 
+    def _self_describe(self) -> str:
+        return self._self_source.describe()
+
     def _self_after_fork(self, keep: list[Any]) -> None:
         """Fork-child hook: forget the parent's model; no framework code, no I/O."""
         if self._self_model is not None:
@@ -152,9 +166,13 @@ class ModelProxy(_Base):
                 raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
             model = self._self_resolve()
         value = getattr(model, name)
+        # Methods follow the proxy across a fork (and re-enter a TF1 graph);
+        # in graph mode every callable needs the re-entry.
         owner = self._self_owner
-        if owner is not None and callable(value):
-            return owner.bind(value)
+        if type(value) is MethodType or (
+            callable(value) and (owner is not None or self._self_in_effect == "process")
+        ):
+            return ProxyMethod(value, self, name, owner)
         return value
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
+from forksafe import _forking
 from forksafe._frameworks import BACKENDS, display
 
 __all__ = ["BackendState", "RuntimeState", "runtime_state"]
@@ -209,6 +210,17 @@ def _on_tf_session_import(module: Any) -> None:
     session = getattr(module, "BaseSession", None)
     if session is not None and not _threads_named("tf_"):
         _capture_first_call(session, "__init__", "tensorflow")
+
+
+def install() -> None:
+    """Register the at-fork callbacks and the start-capture hooks (once, at import)."""
+    _forking.at_fork(
+        "runtime state",
+        before=lambda: before_fork(_forking.loading()),
+        after_in_parent=after_fork_in_parent,
+        after_in_child=after_fork_in_child,
+    )
+    install_capture_hooks()
 
 
 def install_capture_hooks() -> None:

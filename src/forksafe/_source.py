@@ -7,12 +7,14 @@ place of the model.
 from __future__ import annotations
 
 import os
+import sys
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from forksafe._errors import ForkSafeError, ModelLoadError
+from forksafe._frameworks import PRELOADABLE
 
 __all__ = ["Source"]
 
@@ -45,6 +47,16 @@ class Source:
         if self.path is not None:
             return self.path
         return f"{_callable_name(self.factory)}()"
+
+    def frameworks(self) -> tuple[str, ...]:
+        """What a host will import to load this source.
+
+        The frameworks this process has imported, and the default loader's.
+        """
+        wanted = {name for name in PRELOADABLE if name in sys.modules}
+        if self.path is not None and self.loader is None:
+            wanted.add("tf_keras" if legacy_keras() else "keras")
+        return tuple(sorted(wanted))
 
     def load(self) -> Any:
         """Produce the model in this process, or raise ``ModelLoadError``."""

@@ -15,51 +15,13 @@ import numpy as np
 import pytest
 
 import forksafe
-from forksafe._transport import PREFIX
 from tests import scenarios
 from tests.helpers import fork_call, run_clean, run_python
 from tests.models import Models
+from tests.procs import parent_of, segments_back_to, shm_segments, wait_gone
 from tests.scenarios import HostProbe
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def shm_segments() -> set[str]:
-    """forksafe's shared-memory segments that exist right now."""
-    return {name for name in os.listdir("/dev/shm") if name.startswith(PREFIX)}
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) process."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or the read
-        return False
-
-
-def parent_of(pid: int) -> int:
-    """The parent pid of ``pid``."""
-    with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def segments_back_to(before: set[str], timeout: float = 10.0) -> set[str]:
-    """Wait, bounded, until no segment beyond ``before`` exists; return what is left."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and shm_segments() - before:
-        time.sleep(0.02)
-    return shm_segments() - before
-
-
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    """Wait, bounded, for ``pid`` to exit."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture
@@ -208,7 +170,7 @@ def test_client_that_exits_leaves_no_host_and_no_template() -> None:
     """A client interpreter that exits normally takes its host and template with it."""
     host, template = client_pids("""
         import forksafe
-        from tests.integration.test_host import parent_of
+        from tests.procs import parent_of
         from tests.scenarios import HostProbe
         proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
         host = proxy.pid()
@@ -224,7 +186,7 @@ def test_killed_template_leaves_no_file_and_is_replaced(tmp_path: Path) -> None:
         """
         import os, signal
         import forksafe
-        from tests.integration.test_host import parent_of, wait_gone
+        from tests.procs import parent_of, wait_gone
         from tests.scenarios import HostProbe
         first = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
         template = parent_of(first.pid())

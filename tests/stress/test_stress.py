@@ -20,12 +20,12 @@ import pytest
 import forksafe
 from tests.helpers import run_clean
 from tests.integration.test_celery import broker_env
-from tests.integration.test_host import segments_back_to, shm_segments, wait_gone
 from tests.models import Models
+from tests.procs import children_of, rss_kb, segments_back_to, shm_segments, wait_gone
 from tests.scenarios import HostProbe
 from tests.stress import scenarios
 from tests.stress.scenarios import count
-from tests.workers.harness import celery_worker, children_of, worker_process
+from tests.workers.harness import celery_worker, worker_process
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(1800)]
 
@@ -123,18 +123,6 @@ def test_fuzzed_model_files(models: Models, tmp_path: Any, fmt: str, isolation: 
     assert result["tried"] == total
     allowed = {"ModelLoadError", "loaded", "HostTimeoutError", "HostCrashedError"}
     assert set(result["outcomes"]) <= allowed, result["undocumented"]
-
-
-def rss_kb(pid: int) -> int | None:
-    """Resident memory of ``pid`` in KiB."""
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 def slope_kb_per_s(samples: list[tuple[float, int]]) -> float:

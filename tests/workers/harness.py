@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from tests.procs import children_of
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -98,20 +100,6 @@ def wait_until_warm(parent: int, workers: int, timeout: float = 90.0) -> list[in
             break
         time.sleep(0.5)
     return children_of(parent)
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 def runs_tensorflow(pid: int) -> bool:

@@ -1,0 +1,247 @@
+"""What crosses the boundary to a model host: small values pickled, large arrays shared.
+
+Arrays of ``SHM_THRESHOLD`` bytes or more travel through POSIX shared memory
+(mode 0600: private to the user). Each side writes into segments from its
+own ``SegmentPool``, reused message after message: a fresh segment costs a
+page fault per 4 KiB page (about 70 ms for 64 MB here), a reused one only
+the copy. The receiver copies each array out at once, so the sender may
+reuse the segment as soon as the peer has answered, and what a caller gets
+is private memory that nothing else writes to.
+
+Segments are named ``forksafe_<creator pid>_...`` and never registered with
+multiprocessing's resource tracker (a fork child shares its parent's
+tracker, which would keep a killed child's segments until the parent
+exits). Instead: the creator unlinks its own when its connection ends; a
+host whose client died sweeps the client's; the template sweeps a host it
+reaped, and that host's client if it is gone too; a client whose host died
+sweeps the host's. A sweep touches only this user's regular files.
+"""
+
+from __future__ import annotations
+
+import _posixshmem  # type: ignore[import-not-found]
+import contextlib
+import itertools
+import mmap
+import os
+import secrets
+import stat
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from forksafe._errors import HostError
+from forksafe._frameworks import to_numpy
+
+__all__ = [
+    "PREFIX",
+    "SHM_THRESHOLD",
+    "SegmentPool",
+    "Shared",
+    "is_plain",
+    "sweep",
+    "to_plain",
+    "unpack",
+]
+
+SHM_THRESHOLD = 1 << 20
+PREFIX = "forksafe_"
+_SHM_DIR = "/dev/shm"
+# Segments a pool keeps for reuse, at most (larger messages still work: their
+# extra segments are unlinked after use).
+POOL_BYTES = 256 << 20
+_counter = itertools.count()
+
+
+class Shared(NamedTuple):
+    """Stands in for an array in a message; the array lives in segment ``name``."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
+class _Segment:
+    __slots__ = ("buf", "name", "size")
+
+    def __init__(self, size: int) -> None:
+        for _attempt in range(8):
+            name = f"{PREFIX}{os.getpid()}_{next(_counter)}_{secrets.token_hex(4)}"
+            try:
+                fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            except FileExistsError:  # a name someone planted: take another
+                continue
+            break
+        else:
+            raise HostError("could not create a shared-memory segment: every name was taken")
+        try:
+            os.ftruncate(fd, size)
+            self.buf = mmap.mmap(fd, size)
+        except BaseException:
+            _unlink_name(name)
+            raise
+        finally:
+            os.close(fd)
+        self.name = name
+        self.size = size
+
+    def unlink(self) -> None:
+        self.buf.close()
+        _unlink_name(self.name)
+
+
+def _unlink_name(name: str) -> None:
+    with contextlib.suppress(OSError):  # swept already
+        _posixshmem.shm_unlink("/" + name)
+
+
+def _walk(obj: Any, leaf: Any) -> Any:
+    kind = type(obj)
+    if kind is list:
+        return [_walk(item, leaf) for item in obj]
+    if kind is tuple:
+        return tuple(_walk(item, leaf) for item in obj)
+    if kind is dict:
+        return {key: _walk(value, leaf) for key, value in obj.items()}
+    return leaf(obj)
+
+
+class SegmentPool:
+    """The segments one side of a connection writes messages into, reused.
+
+    ``pack`` takes segments for a message's large arrays; ``recycle`` makes
+    them reusable once the peer has read that message (it has answered);
+    ``close`` unlinks them all. Only the creating process ever unlinks: a
+    fork child that inherited a pool leaves it alone.
+    """
+
+    def __init__(self, limit: int = POOL_BYTES) -> None:
+        self._limit = limit
+        self._free: list[_Segment] = []
+        self._busy: list[_Segment] = []
+        self._pid = os.getpid()
+
+    def pack(self, obj: Any, threshold: int = SHM_THRESHOLD) -> Any:
+        """``obj`` with every large array copied into a pooled shared-memory segment."""
+        return _walk(obj, lambda leaf: self._share(leaf, threshold))
+
+    def _share(self, leaf: Any, threshold: int) -> Any:
+        if not isinstance(leaf, np.ndarray) or leaf.nbytes < threshold or leaf.dtype.hasobject:
+            return leaf
+        segment = self._take(leaf.nbytes)
+        view: np.ndarray[Any, Any] = np.ndarray(leaf.shape, leaf.dtype, buffer=segment.buf)
+        view[...] = leaf
+        del view  # a live view would keep the mapping from closing
+        return Shared(segment.name, leaf.shape, leaf.dtype)
+
+    def _take(self, nbytes: int) -> _Segment:
+        fits = [s for s in self._free if s.size >= nbytes]
+        if fits:
+            segment = min(fits, key=lambda s: s.size)
+            self._free.remove(segment)
+        else:
+            segment = _Segment(nbytes)
+        self._busy.append(segment)
+        return segment
+
+    def recycle(self) -> None:
+        """The peer has read the last message: its segments may be reused."""
+        self._free += self._busy
+        self._busy = []
+        self._free.sort(key=lambda s: s.size)
+        while self._free and sum(s.size for s in self._free) > self._limit:
+            self._free.pop().unlink()  # the largest goes first
+
+    def close(self) -> None:
+        """Unlink every segment (in the creating process only)."""
+        segments, self._free, self._busy = self._free + self._busy, [], []
+        if os.getpid() == self._pid:
+            for segment in segments:
+                segment.unlink()
+
+    def names(self) -> list[str]:
+        """Names of the segments this pool holds."""
+        return [s.name for s in self._free + self._busy]
+
+    def __len__(self) -> int:
+        return len(self._free) + len(self._busy)
+
+
+def _receive(leaf: Any) -> Any:
+    if not isinstance(leaf, Shared):
+        return leaf
+    size = int(np.prod(leaf.shape, dtype=np.int64)) * leaf.dtype.itemsize
+    try:
+        fd = _posixshmem.shm_open("/" + leaf.name, os.O_RDONLY, 0)
+    except FileNotFoundError:
+        raise HostError(f"shared-memory segment {leaf.name} vanished before it was read") from None
+    try:
+        info = os.fstat(fd)
+        if info.st_uid != os.getuid() or info.st_size < size:
+            raise HostError(f"shared-memory segment {leaf.name} is not the one that was sent")
+        mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ) if size else None
+    finally:
+        os.close(fd)
+    if mapping is None:
+        return np.empty(leaf.shape, leaf.dtype)
+    try:
+        view = np.frombuffer(mapping, dtype=leaf.dtype).reshape(leaf.shape)
+        array = view.copy()
+        del view
+    finally:
+        mapping.close()
+    return array
+
+
+def unpack(obj: Any) -> Any:
+    """``obj`` with its shared arrays copied back out of their segments."""
+    return _walk(obj, _receive)
+
+
+def to_plain(obj: Any) -> Any:
+    """Framework tensors in ``obj`` as numpy arrays (they cannot cross processes)."""
+    return _walk(obj, to_numpy)
+
+
+_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
+
+
+def is_plain(obj: Any) -> bool:
+    """Plain data: builtin scalars, numpy values, and lists/tuples/dicts/sets of them.
+
+    Exact types only: what passes here is what ``wire.decode`` admits.
+    """
+    kind = type(obj)
+    if kind in _PLAIN:
+        return True
+    if kind in (list, tuple, set, frozenset):
+        return all(is_plain(item) for item in obj)
+    if kind is dict:
+        return all(is_plain(k) and is_plain(v) for k, v in obj.items())
+    if kind is np.ndarray:
+        return not obj.dtype.hasobject
+    return isinstance(obj, np.dtype) or (isinstance(obj, np.generic) and obj.dtype != object)
+
+
+def sweep(pid: int) -> int:
+    """Unlink the segments process ``pid`` created, where this user owns them; never raises.
+
+    Returns how many were unlinked. Names of other users, and anything that
+    is not a regular file, are left alone.
+    """
+    prefix = f"{PREFIX}{pid}_"
+    try:
+        names = [n for n in os.listdir(_SHM_DIR) if n.startswith(prefix)]
+    except OSError:
+        return 0
+    done = 0
+    for name in names:
+        try:
+            info = os.lstat(os.path.join(_SHM_DIR, name))
+            if info.st_uid != os.getuid() or not stat.S_ISREG(info.st_mode):
+                continue
+            _posixshmem.shm_unlink("/" + name)
+            done += 1
+        except OSError:
+            continue
+    return done

@@ -1,0 +1,58 @@
+"""Methods a proxy hands out: they follow the proxy across a fork and re-enter its TF1 graph.
+
+``predict = MODEL.predict`` taken in a parent and called in a fork child
+must not reach the parent's model (whose runtime is dead in the child: a
+hang) or the parent's host connection (answers meant for the parent).
+A method handed out by a proxy remembers the fork generation it was taken
+in; called in another, it asks the proxy of the calling process for the
+same method. Otherwise it is the method itself, seen through a ``wrapt``
+proxy: its signature, name, docstring and ``isinstance(m, MethodType)``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import wrapt
+
+from forksafe import _forking
+
+__all__ = ["ProxyMethod"]
+
+if TYPE_CHECKING:
+    _Base = wrapt.ObjectProxy[Any]
+else:
+    _Base = wrapt.ObjectProxy
+
+
+class ProxyMethod(_Base):
+    """A method of a proxy's model, bound to the process it was taken in."""
+
+    # Class-level defaults, so reading them never reaches the wrapped method.
+    _self_proxy: Any = None
+    _self_name: str = ""
+    _self_owner: Any = None
+    _self_generation: int = -1
+
+    def __init__(self, method: Any, proxy: Any, name: str, owner: Any) -> None:
+        super().__init__(method)
+        self._self_proxy = proxy
+        self._self_name = name
+        self._self_owner = owner
+        self._self_generation = _forking.generation
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._self_generation != _forking.generation:  # taken before a fork
+            return getattr(self._self_proxy, self._self_name)(*args, **kwargs)
+        owner = self._self_owner
+        if owner is None:
+            return self.__wrapped__(*args, **kwargs)
+        return owner.call(self.__wrapped__, *args, **kwargs)
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # The proxy pickles as its source: the receiver gets this method of
+        # the model as loaded there.
+        return getattr, (self._self_proxy, self._self_name)
+
+    def __repr__(self) -> str:
+        return repr(self.__wrapped__)

@@ -1,0 +1,89 @@
+"""Host scenarios that run in a clean process or a fresh tree (see ``helpers.run_clean``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+import forksafe
+from tests.helpers import fork_call, fork_many
+from tests.models import Models
+from tests.procs import parent_of
+
+_TORCH_WEIGHT = np.linspace(-1.0, 1.0, 12, dtype="float32").reshape(3, 4)
+_TORCH_BIAS = np.array([0.5, -0.5, 0.25], dtype="float32")
+
+
+def torch_linear() -> Any:
+    """A torch ``nn.Linear`` with fixed weights, whose outputs require grad."""
+    import torch
+
+    layer = torch.nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.from_numpy(_TORCH_WEIGHT))
+        layer.bias.copy_(torch.from_numpy(_TORCH_BIAS))
+    return layer
+
+
+def torch_linear_reference(x: np.ndarray) -> np.ndarray:
+    """``torch_linear``'s output computed with numpy."""
+    return x @ _TORCH_WEIGHT.T + _TORCH_BIAS
+
+
+def poison() -> None:
+    """Start TensorFlow in this process, as a module-level model load would."""
+    import keras
+
+    keras.ops.convert_to_tensor(np.ones(2)) + 1.0
+
+
+def bound_methods_in_poisoned_child(models: Models) -> dict[str, Any]:
+    """Methods taken from proxies loaded in this (now poisoned) process, called in a child."""
+    x, _ = models.reference()
+    inprocess = forksafe.load_model(models.keras, isolation="inprocess")
+    auto = forksafe.load_model(models.keras)
+    predict_inprocess = inprocess.predict
+    predict_auto = auto.predict
+    reference = predict_auto(x, verbose=0)  # loads both here: the parent is poisoned
+
+    def child() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        try:
+            out["inprocess"] = predict_inprocess(x, verbose=0)
+        except forksafe.InheritedRuntimeError as exc:
+            out["inprocess"] = exc
+        out["auto"] = predict_auto(x, verbose=0)
+        out["auto_in_effect"] = forksafe.info(auto).in_effect
+        return out
+
+    return {"reference": reference, **fork_call(child, timeout=60).get()}
+
+
+def pool_of_poisoned_workers(models: Models, workers: int, parent_hosts: bool) -> dict[str, Any]:
+    """A poisoned pool parent whose workers all start hosts at once: how many templates serve."""
+    import warnings
+
+    x, _ = models.reference()
+    poison()
+    proxy = forksafe.load_model(models.keras)  # auto: hosted in every worker
+    parent_template = None
+    if parent_hosts:
+        own = forksafe.load_model(models.keras, isolation="process")
+        own.predict_on_batch(x)
+        parent_template = parent_of(forksafe.info(own).host_pid or 0)
+
+    def worker(index: int) -> dict[str, Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", forksafe.ForkSafeWarning)
+            y = proxy.predict_on_batch(x)
+        host = forksafe.info(proxy).host_pid
+        return {"y": y, "host": host, "template": parent_of(host or 0), "pid": os.getpid()}
+
+    outcomes = fork_many(worker, workers, timeout=120)
+    return {
+        "workers": [o.get() for o in outcomes],
+        "parent_template": parent_template,
+        "parent_pid": os.getpid(),
+    }

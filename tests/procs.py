@@ -1,0 +1,116 @@
+"""What the tests read about processes and shared memory: /proc, forksafe's segments, templates.
+
+One place for these, so every test reads a process the same way (a process
+reaped between opening and reading its file counts as gone), and every wait
+here is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from forksafe.testing import shm_segments
+
+__all__ = [
+    "alive",
+    "children_of",
+    "parent_of",
+    "pss_kb",
+    "rss_kb",
+    "segments_back_to",
+    "shm_segments",
+    "templates",
+    "wait_gone",
+]
+
+_TEMPLATE_MARK = b"forksafe._host.template import main"
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/PID/stat`` after the command name, or ``None`` if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):  # gone before the open, or the read
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def parent_of(pid: int) -> int:
+    """The parent pid of ``pid`` (0 if it is gone)."""
+    fields = _stat(pid)
+    return int(fields[1]) if fields is not None else 0
+
+
+def children_of(pid: int) -> list[int]:
+    """Live direct children of ``pid``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields is not None and fields[0] != "Z" and int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Wait, bounded, for ``pid`` to exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.02)
+    return not alive(pid)
+
+
+def segments_back_to(before: set[str], timeout: float = 10.0) -> set[str]:
+    """Wait, bounded, until no segment beyond ``before`` exists; return what is left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and shm_segments() - before:
+        time.sleep(0.02)
+    return shm_segments() - before
+
+
+def templates() -> set[int]:
+    """Pids of live forksafe host templates (not their hosts) on this machine."""
+    marked: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if _TEMPLATE_MARK not in f.read():
+                    continue
+        except OSError:
+            continue
+        fields = _stat(int(entry))
+        if fields is not None and fields[0] != "Z":
+            marked[int(entry)] = int(fields[1])
+    return {pid for pid, parent in marked.items() if parent not in marked}
+
+
+def _status_kb(pid: int, field: str, path: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/{path}", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_kb(pid: int) -> int | None:
+    """Resident memory of ``pid`` in KiB."""
+    return _status_kb(pid, "VmRSS:", "status")
+
+
+def pss_kb(pid: int) -> int | None:
+    """Proportional set size of ``pid`` in KiB (shared pages split among their users)."""
+    return _status_kb(pid, "Pss:", "smaps_rollup")
