@@ -47,6 +47,14 @@ class Models:
     def lambda_keras(self) -> str:
         return self.path("lambda.keras")
 
+    @property
+    def lambda_h5(self) -> str:
+        return self.path("lambda.h5")
+
+    @property
+    def lambda_tf_keras_h5(self) -> str:
+        return self.path("lambda_tf_keras.h5")
+
     def reference(self) -> tuple[np.ndarray, np.ndarray]:
         data = np.load(self.path("reference.npz"))
         return data["x"], data["y"]
@@ -95,8 +103,15 @@ def build_all(directory: str) -> Models:
     legacy.set_weights(weights())
     legacy.save(models.tf_keras_h5)
 
-    unsafe = keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda t: t * 2.0)])
+    unsafe = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Lambda(lambda t: t * 2.0, name="double")]
+    )
     unsafe.save(models.lambda_keras)
+    unsafe.save(models.lambda_h5)
+    legacy_unsafe = tf_keras.Sequential(
+        [tf_keras.layers.Lambda(lambda t: t * 2.0, input_shape=(4,), name="double")]
+    )
+    legacy_unsafe.save(models.lambda_tf_keras_h5)
 
     x = np.random.default_rng(SEED + 1).standard_normal((8, 4)).astype("float32")
     np.savez(models.path("reference.npz"), x=x, y=numpy_forward(x))

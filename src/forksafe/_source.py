@@ -6,10 +6,11 @@ place of the model.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +66,8 @@ class Source:
         if self.loader is not None:
             return _call(self.loader, (self.path, *self.args), self.kwargs, what=self.path)
         fmt = check_model_path(self.path)
+        if fmt == "h5" and self.kwargs.get("safe_mode", True) is not False:
+            refuse_unsafe_h5(self.path)
         return _call(_default_loader(fmt), (self.path,), self.kwargs, what=self.path)
 
 
@@ -118,6 +121,48 @@ def check_model_path(path: str) -> str:
         f"{path!r} is not a valid HDF5 model file: no HDF5 signature (truncated, corrupt, "
         "or another format renamed)"
     )
+
+
+def _lambdas(config: Any) -> Iterator[str]:
+    """Names of the ``Lambda`` layers in a Keras config whose function is Python bytecode."""
+    if isinstance(config, list):
+        for item in config:
+            yield from _lambdas(item)
+    elif isinstance(config, dict):
+        inner = config.get("config")
+        if config.get("class_name") == "Lambda" and isinstance(inner, dict):
+            function = inner.get("function")
+            if inner.get("function_type") == "lambda" or (
+                isinstance(function, dict) and function.get("class_name") == "__lambda__"
+            ):
+                yield str(inner.get("name", "?"))
+        for value in config.values():
+            yield from _lambdas(value)
+
+
+def refuse_unsafe_h5(path: str) -> None:
+    """Keras' ``safe_mode`` for HDF5 files too: refuse ``Lambda`` layers holding bytecode.
+
+    tf_keras has no ``safe_mode`` for ``.h5`` files: it would run the
+    bytecode stored in them. The file's config is read with h5py, before any
+    framework code runs; a file that cannot be read this way is left to the
+    loader.
+    """
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            raw = f.attrs.get("model_config")
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        found = list(_lambdas(json.loads(text))) if isinstance(text, str) else []
+    except Exception:  # not ours to judge: the loader reports what is wrong
+        return
+    if found:
+        raise ModelLoadError(
+            f"{path!r} has Lambda layers whose code is stored in the file "
+            f"({', '.join(repr(n) for n in found)}); loading it would run that code. "
+            "Pass safe_mode=False only if you trust its author, as with Keras' .keras files"
+        )
 
 
 def _default_loader(fmt: str) -> Callable[..., Any]:

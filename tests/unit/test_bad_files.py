@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import forksafe
+from tests.helpers import run_python
 from tests.models import Models
 
 
@@ -98,10 +99,35 @@ def test_garbage_h5(tmp_path: pathlib.Path) -> None:
     assert "no HDF5 signature" in str(load_error(target))
 
 
-def test_lambda_layer_stays_refused_by_safe_mode(models: Models) -> None:
-    """Keras' safe_mode refusal comes through as ModelLoadError with a hint; opt-out works."""
-    error = str(load_error(models.lambda_keras))
+@pytest.mark.parametrize("which", ["keras", "h5"])
+def test_lambda_layer_stays_refused_by_safe_mode(models: Models, which: str) -> None:
+    """A Lambda layer's stored code is refused (.keras and .h5) with a hint; opt-out works."""
+    path = models.lambda_keras if which == "keras" else models.lambda_h5
+    error = str(load_error(path))
     assert "safe_mode=False" in error
-    proxy = forksafe.load_model(models.lambda_keras, safe_mode=False)
+    proxy = forksafe.load_model(path, safe_mode=False)
     x, _ = models.reference()
     np.testing.assert_allclose(proxy.predict_on_batch(x), x * 2.0, atol=1e-6)
+
+
+def test_tf_keras_h5_lambda_is_refused_without_running_it(models: Models) -> None:
+    """tf_keras would run an .h5 file's Lambda bytecode: forksafe refuses first, naming it."""
+    out = run_python(
+        f"""
+        import numpy as np, forksafe, tf_keras
+        path = {models.lambda_tf_keras_h5!r}
+        tf_keras.models.load_model(path)  # the bare loader: no safe_mode for .h5
+        proxy = forksafe.load_model(path)
+        try:
+            proxy.predict_on_batch
+        except forksafe.ModelLoadError as exc:
+            print("refused:", exc)
+        trusted = forksafe.load_model(path, safe_mode=False)
+        x = np.ones((2, 4), dtype="float32")
+        print("trusted:", np.allclose(trusted.predict_on_batch(x), x * 2.0))
+        """,
+        timeout=120,
+        TF_USE_LEGACY_KERAS="1",
+    )
+    assert "refused:" in out and "'double'" in out and "safe_mode=False" in out
+    assert "trusted: True" in out
