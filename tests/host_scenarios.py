@@ -87,3 +87,31 @@ def pool_of_poisoned_workers(models: Models, workers: int, parent_hosts: bool) -
         "parent_template": parent_template,
         "parent_pid": os.getpid(),
     }
+
+
+class SlowToLoad:
+    """A model whose load announces the host's pid in a file, then waits while asked to."""
+
+    def __init__(self, announce: str, hold_while: str) -> None:
+        import time
+
+        with open(announce, "w", encoding="utf-8") as f:
+            f.write(str(os.getpid()))
+        deadline = time.monotonic() + 30
+        while os.path.exists(hold_while) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x * 2.0
+
+
+class Sleepy:
+    """A model that takes ``seconds`` to load."""
+
+    def __init__(self, seconds: float) -> None:
+        import time
+
+        time.sleep(seconds)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return x * 2.0

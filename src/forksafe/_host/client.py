@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import pickle
 import secrets
 import signal
 import socket
@@ -210,6 +211,57 @@ def _after_fork_in_child() -> None:
         _templates.after_fork_in_child()
 
 
+def _connect(templates: _Templates, timeout: float) -> tuple[Connection, int]:
+    """``templates.connect`` run off this thread, so no signal handler can cut it short.
+
+    Starting a host juggles sockets and descriptors; an exception raised by
+    a signal handler between two of those steps would leak one. Signal
+    handlers run only in the main thread, so the work runs in another while
+    this one waits, interruptibly. A host that arrives after its caller was
+    interrupted is stopped by the thread that made it.
+    """
+    box: dict[str, Any] = {}
+    settled = threading.Lock()
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            if not templates.lock.acquire(timeout=timeout):
+                raise HostTimeoutError(f"waited {timeout} s for another thread starting a host")
+            try:
+                box["result"] = templates.connect(timeout)
+            finally:
+                templates.lock.release()
+        except BaseException as exc:
+            box["error"] = exc
+        with settled:
+            done.set()
+            if box.get("abandoned") and "result" in box:
+                _abandon_host(*box["result"])
+
+    threading.Thread(target=run, name="forksafe-host-start", daemon=True).start()
+    try:
+        # The thread's own waits are bounded by timeout (twice: the lock, the connect).
+        if not done.wait(2 * timeout + 5.0):
+            raise HostTimeoutError(f"a model host did not start within {2 * timeout} s")
+    except BaseException:
+        with settled:
+            box["abandoned"] = True
+            if done.is_set() and "result" in box:
+                _abandon_host(*box["result"])
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]  # type: ignore[no-any-return]
+
+
+def _abandon_host(conn: Connection, pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    conn.close()
+    sweep(pid)
+
+
 def _close(conn: Connection, pool: SegmentPool) -> None:
     conn.close()
     pool.close()
@@ -252,13 +304,7 @@ class HostClient:
 
     def _start(self) -> None:
         """Start a host from the tree's template and load the model there (lock held)."""
-        templates = _tree_templates(self.preload)
-        if not templates.lock.acquire(timeout=self.timeout):
-            raise HostTimeoutError(f"waited {self.timeout} s for another thread starting a host")
-        try:
-            conn, pid = templates.connect(self.timeout)
-        finally:
-            templates.lock.release()
+        conn, pid = _connect(_tree_templates(self.preload), self.timeout)
         self.conn, self.host_pid = conn, pid
         self._finalizer = weakref.finalize(self, _close, conn, self.pool)
         try:
@@ -274,15 +320,16 @@ class HostClient:
         rid = self.rid
         try:
             frame = encode(rid, self.pool.pack(message))
-        except BaseException as exc:  # nothing was sent: the host is still in step
-            self.pool.recycle()
-            if not isinstance(exc, Exception):
-                raise
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            self.pool.recycle()  # nothing was sent: the host is still in step
             raise HostError(
                 f"cannot send {what} to the model host: {type(exc).__name__}: {exc}; "
                 "arguments, loaders and factories must be picklable (functions and "
                 "classes defined at module level in an importable module)"
             ) from exc
+        except BaseException:
+            self.pool.recycle()
+            raise
         try:
             checkpoint("client.send")
             conn.send_bytes(frame)
@@ -319,12 +366,12 @@ class HostClient:
     def _retire(self, sig: int | None) -> int | None:
         """Stop using this host for good; the next request starts another. Returns its pid."""
         pid, self.host_pid, self.conn = self.host_pid, None, None
+        if pid is not None and sig is not None:  # before closing: it dies without a word
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
         if self._finalizer is not None:
             self._finalizer()
         if pid is not None:
-            if sig is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
             sweep(pid)
         return pid
 

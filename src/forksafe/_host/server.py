@@ -178,6 +178,9 @@ def serve(sock: socket.socket, client: Peer, key: bytes) -> None:
     try:
         conn.send_bytes(encode(0, ("hello", os.getpid())))
         set_timeouts(conn.fileno(), 0)  # an idle client may take its time
+    except OSError:
+        return
+    try:
         while True:
             try:
                 frame = conn.recv_bytes()

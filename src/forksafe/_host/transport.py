@@ -86,8 +86,11 @@ class _Segment:
         self.size = size
 
     def unlink(self) -> None:
-        self.buf.close()
         _unlink_name(self.name)
+        # A view still alive (in an interrupted call's traceback) keeps the
+        # mapping until it goes; the name is gone already.
+        with contextlib.suppress(BufferError):
+            self.buf.close()
 
 
 def _unlink_name(name: str) -> None:
@@ -129,9 +132,12 @@ class SegmentPool:
         if not isinstance(leaf, np.ndarray) or leaf.nbytes < threshold or leaf.dtype.hasobject:
             return leaf
         segment = self._take(leaf.nbytes)
-        view: np.ndarray[Any, Any] = np.ndarray(leaf.shape, leaf.dtype, buffer=segment.buf)
-        view[...] = leaf
-        del view  # a live view would keep the mapping from closing
+        view = None
+        try:
+            view = np.ndarray(leaf.shape, leaf.dtype, buffer=segment.buf)
+            view[...] = leaf
+        finally:
+            del view  # a live view would keep the mapping from closing
         return Shared(segment.name, leaf.shape, leaf.dtype)
 
     def _take(self, nbytes: int) -> _Segment:
@@ -184,12 +190,16 @@ def _receive(leaf: Any) -> Any:
         os.close(fd)
     if mapping is None:
         return np.empty(leaf.shape, leaf.dtype)
+    view = None
     try:
         view = np.frombuffer(mapping, dtype=leaf.dtype).reshape(leaf.shape)
         array = view.copy()
-        del view
     finally:
-        mapping.close()
+        del view
+        # Interrupted mid-copy, a view may live on in the traceback: the
+        # mapping is then unmapped when that view goes.
+        with contextlib.suppress(BufferError):
+            mapping.close()
     return array
 
 

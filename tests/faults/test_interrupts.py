@@ -1,0 +1,118 @@
+"""Interrupts at every step of a host exchange: the next call always gets its own answer."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import forksafe
+from tests import host_scenarios
+from tests.faults.conftest import Tracked, fault_once
+from tests.procs import wait_gone
+from tests.stress.scenarios import count
+
+pytestmark = pytest.mark.timeout(600)
+
+
+class SoftTimeLimit(Exception):
+    """What a signal handler raises (Celery's soft time limit does this)."""
+
+
+def _raise_soft_limit(signum: int, frame: Any) -> None:
+    raise SoftTimeLimit()
+
+
+@pytest.fixture
+def soft_limit_signal() -> Iterator[int]:
+    """SIGUSR2 raises SoftTimeLimit in the main thread for the test's duration."""
+    previous = signal.signal(signal.SIGUSR2, _raise_soft_limit)
+    yield signal.SIGUSR2
+    signal.signal(signal.SIGUSR2, previous)
+
+
+def _raise(kind: type[BaseException]) -> Any:
+    def action() -> None:
+        raise kind()
+
+    return action
+
+
+STEPS = ["client.handshake", "client.send", "client.sent", "client.received"]
+SIZES = {"small": 3, "shared": 300_000}  # 300,000 float64: 2.4 MB, through shared memory
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SoftTimeLimit], ids=lambda k: k.__name__)
+@pytest.mark.parametrize("step", STEPS)
+def test_an_interrupt_at_each_step(
+    tracked: Tracked, step: str, kind: type[BaseException], size: str
+) -> None:
+    """The interrupt propagates; a started host is retired; the next calls answer right."""
+    proxy = tracked.proxy()
+    if step != "client.handshake":
+        assert proxy.value == 42  # the host is up, so the fault hits a call
+    before = forksafe.info(proxy).host_pid
+    x = np.full(SIZES[size], 3.0)
+    with fault_once(step, _raise(kind)) as hits, pytest.raises(kind):
+        proxy.predict(x)
+    assert hits == [1]
+    if before is not None:
+        assert wait_gone(before), "an interrupted exchange's host was not retired"
+    for k in (1.0, 5.0):
+        np.testing.assert_array_equal(proxy.predict(np.full(SIZES[size], k)), 2.0 * k)
+    assert proxy.value == 42
+
+
+def test_an_interrupt_while_the_model_loads(tracked: Tracked, soft_limit_signal: int) -> None:
+    """A signal handler raises while the host is loading: the next use loads afresh."""
+    proxy = tracked.proxy(host_scenarios.Sleepy, 0.5)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), soft_limit_signal))
+    timer.start()
+    with pytest.raises(SoftTimeLimit):
+        proxy.predict(np.ones(2))
+    timer.join()
+    np.testing.assert_array_equal(proxy.predict(np.ones(2)), np.full(2, 2.0))
+    assert forksafe.info(proxy).loads == 1
+
+
+def test_interrupt_storm(tracked: Tracked, soft_limit_signal: int) -> None:
+    """Signals at random moments of hundreds of calls, small and shared: never a wrong answer."""
+    rounds = count(600, 60)
+    rng = random.Random(20261126)
+    proxy = tracked.proxy()
+    hosts: set[int] = set()
+    interrupted = answered = 0
+    for i in range(rounds):
+        x = np.full(rng.choice([3, 300_000]), float(i))
+        # Half the calls are left alone, so hosts get to start and answer between hits.
+        delay = rng.uniform(0.0, 0.006) if rng.random() < 0.5 else 3600.0
+        timer = threading.Timer(delay, os.kill, (os.getpid(), soft_limit_signal))
+        try:
+            try:
+                timer.start()
+                y = proxy.predict(x)
+                hosts.add(forksafe.info(proxy).host_pid or 0)
+                np.testing.assert_array_equal(y, 2.0 * x)
+                answered += 1
+            finally:
+                timer.cancel()
+                timer.join()
+                for _ in range(100):  # let a pending handler run inside this try
+                    pass
+        except SoftTimeLimit:
+            interrupted += 1
+    np.testing.assert_array_equal(proxy.predict(np.full(4, -1.0)), np.full(4, -2.0))
+    print(
+        f"\nSTRESS interrupt_storm: rounds={rounds} interrupted={interrupted} answered={answered}"
+    )
+    assert interrupted and answered, "the storm never hit (or never missed) a call"
+    current = forksafe.info(proxy).host_pid
+    for pid in hosts - {current, 0}:
+        assert wait_gone(pid)
