@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from forksafe import _forking, _runtime
+from forksafe import _forking, _runtime, _scopes
 from forksafe._errors import ForkSafeError, ForkSafeWarning, InheritedRuntimeError
 from forksafe._graph import GraphOwner, load_owned
 from forksafe._source import Source
@@ -81,15 +81,17 @@ class ModelProxy(_Base):
     def _self_resolve(self) -> Any:
         """The model of this process, loading it if needed (the slow path)."""
         _forking.check_pid()
+        # Before the lock: a load may run on a thread of its own (see
+        # _scopes), which would wait forever for the lock its caller holds.
+        if self._self_loading == _scopes.caller_thread():
+            raise ForkSafeError(
+                f"the model {self._self_source.describe()!r} was used while it was being "
+                "loaded, by the loader or factory itself; it must not use its own proxy"
+            )
         with self._self_lock:
             model = self._self_model
             if model is not None:
                 return model
-            if self._self_loading == threading.get_ident():
-                raise ForkSafeError(
-                    f"the model {self._self_source.describe()!r} was used while it was being "
-                    "loaded, by the loader or factory itself; it must not use its own proxy"
-                )
             in_effect = self._isolation_now()
             self._self_loading = threading.get_ident()
             try:

@@ -18,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from forksafe._frameworks import BACKENDS, display
+from forksafe._scopes import continued_from
 
 __all__ = ["BackendState", "RuntimeState", "runtime_state"]
 
@@ -166,7 +167,7 @@ def caller_location(frame: FrameType | None = None) -> str | None:
         filename = frame.f_code.co_filename
         if not filename.startswith(("<frozen", "<string")) and not filename.startswith(internal):
             return f"{filename}:{frame.f_lineno}"
-        frame = frame.f_back
+        frame = continued_from(frame)  # a load thread continues in its caller
     return None
 
 
