@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import threading
@@ -208,10 +209,49 @@ class ModelProxy(_Base):
         return self.__reduce_ex__(2)
 
     def __copy__(self) -> ModelProxy:
-        return ModelProxy(self._self_source, self._self_isolation, self._self_timeout)
+        return self._self_copy(copy.copy)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelProxy:
-        return self.__copy__()
+        return self._self_copy(lambda model: copy.deepcopy(model, memo))
+
+    def _self_copy(self, how: Callable[[Any], Any]) -> ModelProxy:
+        """A proxy of the same source holding ``how(model)``, as the model's own copies do.
+
+        A model loaded here is copied with its weights as they are in memory
+        (in its graph and session, in TF1 graph mode); an unloaded or hosted
+        one gives an unloaded proxy that loads from the source.
+        """
+        clone = ModelProxy(self._self_source, self._self_isolation, self._self_timeout)
+        model, owner = self._self_model, self._self_owner
+        if model is None or self._self_in_effect != "inprocess":
+            return clone
+        copied = how(model) if owner is None else owner.call(how, model)
+        clone._self_in_effect = "inprocess"
+        clone._self_owner = owner
+        clone._self_owner_pid = os.getpid()
+        clone._self_loads = 1
+        clone._self_model = copied
+        clone.__wrapped__ = copied
+        return clone
+
+    # -- identity: answered by the proxy itself, never loads ----------------
+    #
+    # A Keras model's truth, hash and equality are its identity. The proxy
+    # answers them by its own identity, so ``if MODEL:``, sets and dict keys
+    # never load the model, and the answers stay the same before loading,
+    # after it, and across the reload in a fork child.
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return object.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        return True if other is self else NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        return False if other is self else NotImplemented
 
 
 # One proxy per source in each process for proxies that arrive pickled: a
