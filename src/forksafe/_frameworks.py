@@ -18,6 +18,7 @@ __all__ = [
     "PRELOADABLE",
     "Framework",
     "backend_of",
+    "concurrent_calls",
     "display",
     "framework_of_value",
     "to_numpy",
@@ -33,16 +34,20 @@ class Framework:
             as in ``runtime_state()`` and ``info().backend``.
         display: how messages name it.
         packages: top-level packages whose objects run on this runtime.
+        concurrent_calls: one model may be called from several threads at
+            once. Keras on JAX may not: its calls donate the variables'
+            buffers, and a concurrent call then finds them deleted.
     """
 
     name: str
     display: str
     packages: tuple[str, ...]
+    concurrent_calls: bool = True
 
 
 FRAMEWORKS: tuple[Framework, ...] = (
     Framework("tensorflow", "TensorFlow", ("tensorflow", "tf_keras")),
-    Framework("jax", "JAX", ("jax", "jaxlib", "flax")),
+    Framework("jax", "JAX", ("jax", "jaxlib", "flax"), concurrent_calls=False),
     Framework("torch", "PyTorch", ("torch",)),
 )
 BACKENDS: tuple[str, ...] = tuple(f.name for f in FRAMEWORKS)
@@ -67,6 +72,12 @@ def backend_of(model: object) -> str | None:
         config = getattr(sys.modules.get("keras"), "config", None)
         return str(config.backend()) if config is not None else None
     return _BY_PACKAGE.get(package)
+
+
+def concurrent_calls(model: object) -> bool:
+    """Whether threads may call ``model`` at once (unknown frameworks: yes, as before)."""
+    framework = _BY_NAME.get(backend_of(model) or "")
+    return framework is None or framework.concurrent_calls
 
 
 def framework_of_value(value: object) -> str | None:

@@ -15,6 +15,7 @@ import wrapt
 from forksafe import _forking, _runtime, _scopes
 from forksafe._errors import ForkSafeError, ForkSafeWarning, InheritedRuntimeError
 from forksafe._graph import GraphOwner, load_owned
+from forksafe._serial import Serialized, call_lock
 from forksafe._source import Source
 
 __all__ = ["DEFAULT_TIMEOUT", "ISOLATIONS", "ModelProxy", "lazy_model", "load_model"]
@@ -53,6 +54,7 @@ class ModelProxy(_Base):
     _self_isolation: str = "auto"
     _self_in_effect: str | None = None
     _self_timeout: float = DEFAULT_TIMEOUT
+    _self_call_lock: threading.RLock | None = None  # only for backends that need one
 
     def __init__(
         self, source: Source, isolation: str = "auto", timeout: float = DEFAULT_TIMEOUT
@@ -107,6 +109,7 @@ class ModelProxy(_Base):
                 self._self_loading = None
             self._self_in_effect = in_effect
             self._self_owner = owner
+            self._self_call_lock = call_lock(model) if in_effect == "inprocess" else None
             self._self_owner_pid = os.getpid()
             self._self_loads += 1
             # Published last: the lock-free fast path reads only this.
@@ -144,6 +147,7 @@ class ModelProxy(_Base):
         reset(self, "_self_loads", 0)
         reset(self, "_self_loading", None)
         reset(self, "_self_in_effect", None)
+        reset(self, "_self_call_lock", None)
         reset(self, "_self_lock", threading.RLock())
 
     # -- forwarding (the hot path) -----------------------------------------
@@ -158,6 +162,9 @@ class ModelProxy(_Base):
         owner = self._self_owner
         if owner is not None and callable(value):
             return owner.bind(value)
+        lock = self._self_call_lock
+        if lock is not None and callable(value):
+            return Serialized(value, lock)
         return value
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -165,9 +172,13 @@ class ModelProxy(_Base):
         if model is None:
             model = self._self_resolve()
         owner = self._self_owner
-        if owner is None:
+        if owner is not None:
+            return owner.call(model, *args, **kwargs)
+        lock = self._self_call_lock
+        if lock is None:
             return model(*args, **kwargs)
-        return owner.call(model, *args, **kwargs)
+        with lock:
+            return model(*args, **kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_self_") or name == "__wrapped__":
@@ -228,6 +239,7 @@ class ModelProxy(_Base):
         copied = how(model) if owner is None else owner.call(how, model)
         clone._self_in_effect = "inprocess"
         clone._self_owner = owner
+        clone._self_call_lock = call_lock(copied)
         clone._self_owner_pid = os.getpid()
         clone._self_loads = 1
         clone._self_model = copied

@@ -287,3 +287,10 @@ def test_custom_loader_gets_path_and_kwargs(models: Models) -> None:
     proxy = forksafe.load_model(models.keras, loader=loader, compile=False)
     assert proxy.name == "tiny"
     assert calls == [(models.keras, {"compile": False})]
+
+
+def test_tensorflow_models_take_no_call_lock(keras_proxy: forksafe.ModelProxy) -> None:
+    """Only backends that cannot take concurrent calls pay for a lock; TensorFlow does not."""
+    keras_proxy.name  # noqa: B018  (load)
+    assert keras_proxy._self_call_lock is None
+    assert type(keras_proxy.predict) is type(keras_proxy.__wrapped__.predict)
