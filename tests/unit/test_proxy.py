@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import forksafe
+import forksafe.testing
 from tests.models import Models
 from tests.scenarios import NumpyModel
 
@@ -294,3 +295,15 @@ def test_tensorflow_models_take_no_call_lock(keras_proxy: forksafe.ModelProxy) -
     keras_proxy.name  # noqa: B018  (load)
     assert keras_proxy._self_call_lock is None
     assert type(keras_proxy.predict) is type(keras_proxy.__wrapped__.predict)
+
+
+def test_tiny_model_is_a_path(models: Models) -> None:
+    """forksafe.testing.TinyModel is os.PathLike: load_model accepts it as it is."""
+    import os
+
+    x, y = models.reference()
+    tiny = forksafe.testing.TinyModel(path=models.keras, format="keras", x=x, y=y)
+    assert os.fspath(tiny) == models.keras
+    proxy = forksafe.load_model(tiny)
+    assert forksafe.info(proxy).source == models.keras
+    np.testing.assert_allclose(proxy.predict_on_batch(tiny.x), tiny.y, atol=1e-5)
