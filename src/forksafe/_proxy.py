@@ -38,10 +38,15 @@ class ModelProxy(_Base):
     holds only its source. The first attribute access, call or method call
     loads the model in the current process (once, even when threads race);
     afterwards everything is forwarded to the model, and once loaded
-    in-process, ``isinstance(proxy, keras.Model)`` is true. In a fork child
-    the parent's model is forgotten and loaded afresh on first use. A proxy
-    pickles as its source, so a spawned worker receives a proxy that loads
-    there. ``repr()`` and [`info`][forksafe.info] never load.
+    in-process, ``isinstance(proxy, keras.Model)`` is true (``type(proxy)``
+    stays ``ModelProxy``: use ``isinstance``). In a fork child the parent's
+    model is forgotten and loaded afresh on first use. A proxy pickles as its
+    source, so a spawned worker receives a proxy that loads there; two
+    unpickles of one source in a process share one model. Copies of a model
+    loaded here keep its in-memory weights. Truth, hash and equality are the
+    proxy's identity; they, ``repr()`` and [`info`][forksafe.info] never load.
+    Where the backend cannot take concurrent calls (Keras on JAX), calls
+    through the proxy are serialized.
     """
 
     # Class-level defaults: reading proxy state never falls through to
@@ -303,7 +308,16 @@ def load_model(
 ) -> ModelProxy:
     """Return a proxy that loads the model at ``source`` lazily, once per process.
 
-    Nothing is loaded and no framework is imported until the proxy is used.
+    Nothing is loaded and no framework is imported until the proxy is used
+    (``bool``, ``hash``, ``==``, ``repr`` and pickling never load). The first
+    use may be anywhere, also inside a ``tf.function`` or a Keras layer: the
+    model loads as from a plain frame.
+
+    Copying and pickling: ``copy.copy``/``copy.deepcopy`` of a model loaded in
+    this process keep its weights as they are in memory, as the model's own
+    copies do. Pickling ships the source, not the model: weights changed in
+    memory do not travel, and the receiver loads the file. Two unpickles of
+    the same source in one process are the same proxy, sharing one model.
 
     Args:
         source: path to a ``.keras`` file, an ``.h5``/``.hdf5`` file or a
