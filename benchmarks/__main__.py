@@ -1,10 +1,11 @@
 """Run every benchmark, each in a fresh process, and write the results.
 
-    python -m benchmarks [--quick] [--only core host ...] [--out DIR]
+    python -m benchmarks [--quick] [--only core host ...] [--merge] [--out DIR]
 
 Writes ``DIR/bench-results.json`` (machine, versions, every figure),
 ``DIR/RESULTS.md`` (the tables and the targets) and PNG plots in ``DIR``.
-The default ``DIR`` is ``benchmarks/``: the committed results.
+The default ``DIR`` is ``benchmarks/``: the committed results. With
+``--merge``, the sections not run now are kept from ``DIR/bench-results.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ SECTIONS: dict[str, tuple[str, list[str], list[str]]] = {
     "scaling": ("benchmarks.scaling", [], ["--rounds", "2"]),
     "host": ("benchmarks.host", [], ["--rounds", "2", "--calls", "20"]),
     "celery": ("benchmarks.celery_pools", [], ["--tasks", "20", "--repeat", "1"]),
+    "jax": ("benchmarks.jax_threads", [], ["--rounds", "1", "--calls", "10"]),
 }
 
 
@@ -49,7 +51,20 @@ def run_section(name: str, quick: bool, timeout: float) -> dict[str, Any]:
         with open(out, encoding="utf-8") as f:
             result: dict[str, Any] = json.load(f)
     result["wall_s"] = time.monotonic() - start
+    result["machine"] = report.machine()
     return result
+
+
+def _previous(out: str, quick: bool) -> dict[str, Any]:
+    """The results already in ``out`` (same mode only), or nothing."""
+    try:
+        with open(os.path.join(out, "bench-results.json"), encoding="utf-8") as f:
+            previous: dict[str, Any] = json.load(f)
+    except FileNotFoundError:
+        return {}
+    if previous.get("quick") != quick:
+        raise SystemExit("--merge: the results in the output folder were made in the other mode")
+    return previous
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,20 +74,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--out", default=HERE, help="where to write (default: benchmarks/)")
     parser.add_argument("--timeout", type=float, default=600.0, help="per section, seconds")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the other sections of DIR/bench-results.json"
+    )
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     started = time.monotonic()
-    sections = {}
+    previous = _previous(args.out, args.quick) if args.merge else {}
+    sections = dict(previous.get("sections", {}))
     for name in SECTIONS:
         if name in args.only:
             print(f"== {name}", flush=True)
             sections[name] = run_section(name, args.quick, args.timeout)
+    here = report.machine()
+    for section in sections.values():  # results from before sections recorded their machine
+        section.setdefault("machine", previous.get("machine", here))
     results = {
-        "machine": report.machine(),
+        "machine": here,
         "versions": report.versions(),
         "quick": args.quick,
-        "wall_s": time.monotonic() - started,
-        "sections": sections,
+        "wall_s": sum(section["wall_s"] for section in sections.values())
+        if args.merge
+        else time.monotonic() - started,
+        "sections": {name: sections[name] for name in SECTIONS if name in sections},
     }
     results["targets"] = report.targets(sections)
     with open(os.path.join(args.out, "bench-results.json"), "w", encoding="utf-8") as f:

@@ -9,7 +9,17 @@ import subprocess
 import sys
 from typing import Any
 
-PACKAGES = ("forksafe", "tensorflow", "keras", "tf-keras", "numpy", "wrapt", "celery", "redis")
+PACKAGES = (
+    "forksafe",
+    "tensorflow",
+    "keras",
+    "tf-keras",
+    "jax",
+    "numpy",
+    "wrapt",
+    "celery",
+    "redis",
+)
 
 
 def machine() -> dict[str, Any]:
@@ -121,6 +131,16 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
             interval=prefork and prefork["ratio_ci95"],
         )
     )
+    jax = sections.get("jax", {}).get("threads", {}).get("8")
+    rows.append(
+        _target(
+            "Keras on JAX, 8 threads on one proxy: share of calls answered",
+            jax and jax["proxy_answered_share"]["min"],
+            1.0,
+            "",
+            most=False,
+        )
+    )
     return rows
 
 
@@ -190,6 +210,27 @@ def _overhead_rows(rows: dict[str, Any], label: str) -> list[str]:
     return lines
 
 
+def _machine(m: dict[str, Any]) -> str:
+    return (
+        f"{m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, {m['platform']}, "
+        f"Python {m['python']}"
+    )
+
+
+def _machines(latest: dict[str, Any], sections: dict[str, Any]) -> str:
+    """One machine, or (after ``--merge``) each machine with the sections measured on it."""
+    by_machine: dict[str, list[str]] = {}
+    for name, section in sections.items():
+        by_machine.setdefault(_machine(section.get("machine", latest)), []).append(name)
+    if len(by_machine) <= 1:
+        return f"Machine: {_machine(latest)}.  "
+    return (
+        "Machines (sections merged from separate runs; compare figures within a table only): "
+        + "; ".join(f"{machine} ({', '.join(names)})" for machine, names in by_machine.items())
+        + ".  "
+    )
+
+
 def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
     """RESULTS.md: machine, targets, then every section's table."""
     m, v, s = results["machine"], results["versions"], results["sections"]
@@ -201,8 +242,7 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
         + f"; the whole run took {results['wall_s'] / 60:.1f} min. Every figure is measured"
         " against its baseline in the same run; cells read *median (min-max)* over rounds.",
         "",
-        f"Machine: {m['cpu']}, {m['cpus']} CPUs, {m['memory_gib']} GiB, {m['platform']}, "
-        f"Python {m['python']}.  ",
+        _machines(m, s),
         "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
         "",
         "## Targets",
@@ -340,6 +380,30 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
             out.append(
                 f"| {threads} | {_mmm(row['bare_calls_per_s'], fmt='.0f')} | "
                 f"{_mmm(row['proxy_calls_per_s'], fmt='.0f')} | {row['ratio']:.3f} |"
+            )
+    jax = s.get("jax")
+    if jax:
+        out += [
+            "",
+            "## Keras on JAX from threads (`benchmarks/jax_threads.py`)",
+            "",
+            "One Keras-JAX Dense 4→8→3 model, `predict_on_batch` on batch 8, N threads released",
+            "together, each making the same number of calls. The bare model fails most calls",
+            "once threads overlap (`Array has been deleted`: each call donates the variables'",
+            "buffers); the proxy serializes calls for this backend. *Answered* counts correct",
+            "answers; calls/s counts answered calls only.",
+            "",
+            "| threads | calls | bare answered | proxy answered | bare answered/s "
+            "| proxy answered/s | ratio |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for threads, row in jax["threads"].items():
+            out.append(
+                f"| {threads} | {row['calls']} | "
+                f"{_mmm(row['bare_answered_share'], 100, '.0f')} % | "
+                f"{_mmm(row['proxy_answered_share'], 100, '.0f')} % | "
+                f"{_mmm(row['bare_answered_per_s'], fmt='.0f')} | "
+                f"{_mmm(row['proxy_answered_per_s'], fmt='.0f')} | {row['ratio']:.2f} |"
             )
     for title, name in plots:
         out += ["", f"## {title}", "", f"![{title}]({name})"]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import os
 import signal
 import statistics
@@ -52,6 +54,42 @@ def _bare_models(module: str, attribute: str | None) -> list[tuple[str, str]]:
     return found
 
 
+def _how_built(module: str, name: str) -> str:
+    """``"file"`` if the module sets ``name`` from a ``load_model(...)`` call, else ``"code"``.
+
+    Read from the module's source: ``NAME = model_from_json(...)`` followed by
+    ``NAME.load_weights(...)``, a constructor or any other code is ``"code"``,
+    which ``forksafe.lazy_model(factory)`` reproduces per process and
+    ``forksafe.load_model(path)`` cannot.
+    """
+    path = getattr(sys.modules.get(module), "__file__", None)
+    try:
+        with open(str(path), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return "file"  # no source to read: the plain suggestion
+    loaded, changed = False, False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Call):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                loaded = _callee(node.value) == "load_model"
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            if (
+                isinstance(owner, ast.Name)
+                and owner.id == name
+                and node.func.attr.startswith(("load_weights", "set_weights", "compile", "build"))
+            ):
+                changed = True
+    return "file" if loaded and not changed else "code"
+
+
+def _callee(call: ast.Call) -> str:
+    func = call.func
+    return func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+
+
 def _probe(target: str) -> dict[str, Any]:
     """In a fresh interpreter: what importing ``target`` started and holds."""
     module, _, attribute = target.partition(":")
@@ -61,7 +99,10 @@ def _probe(target: str) -> dict[str, Any]:
         return {"error": f"{type(exc).__name__}: {exc}"}
     if attribute and not hasattr(sys.modules[module], attribute):
         return {"error": f"module {module!r} has no attribute {attribute!r}"}
-    report["bare"] = _bare_models(module, attribute or None)
+    report["bare"] = [
+        (name, kind, _how_built(module, name))
+        for name, kind in _bare_models(module, attribute or None)
+    ]
     return report
 
 
@@ -89,16 +130,28 @@ def doctor(target: str, timeout: float) -> int:
             "imports it (Celery prefork, gunicorn --preload, multiprocessing 'fork') will "
             "hang on its first prediction or need a model host."
         )
-    for name, kind in report["bare"]:
+    for name, kind, built in report["bare"]:
         problems += 1
-        print(
-            f"  PROBLEM: {name} is a model loaded outside a proxy ({kind}); use "
-            f"{name} = forksafe.load_model(path) so each worker loads its own."
-        )
+        if built == "file":
+            fix = f"use {name} = forksafe.load_model(path) so each worker loads its own."
+        else:
+            fix = (
+                "it is built by code (from JSON and weights, or constructed): move that code "
+                f"into a module-level function, say build_model(), and use {name} = "
+                "forksafe.lazy_model(build_model) so each worker builds its own."
+            )
+        print(f"  PROBLEM: {name} is a model loaded outside a proxy ({kind}); {fix}")
     if problems:
         return 1
     print("  OK: importing it started no framework runtime and holds no bare model.")
     return 0
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # None in sys.modules, or a broken parent package
+        return False
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -128,6 +181,12 @@ def _wait_ready(log: str, process: subprocess.Popen[bytes], timeout: float) -> N
 
 def demo(broker: str | None, workers: int, tasks: int, naive: bool, timeout: float) -> int:
     """The original report, live: a real Celery prefork worker answering predictions."""
+    missing = [name for name in ("celery", "keras", "tensorflow") if not _importable(name)]
+    if missing:
+        raise SystemExit(
+            f"forksafe demo needs {', '.join(missing)}, which is not installed: "
+            "pip install 'forksafe[demo]' (Celery, Keras and TensorFlow)"
+        )
     from celery import Celery
 
     with tempfile.TemporaryDirectory(prefix="forksafe-demo-") as directory:

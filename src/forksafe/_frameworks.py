@@ -18,6 +18,7 @@ __all__ = [
     "PRELOADABLE",
     "Framework",
     "backend_of",
+    "concurrent_calls",
     "display",
     "framework_of_value",
     "to_numpy",
@@ -33,16 +34,20 @@ class Framework:
             as in ``runtime_state()`` and ``info().backend``.
         display: how messages name it.
         packages: top-level packages whose objects run on this runtime.
+        concurrent_calls: one model may be called from several threads at
+            once. Keras on JAX may not: its calls donate the variables'
+            buffers, and a concurrent call then finds them deleted.
     """
 
     name: str
     display: str
     packages: tuple[str, ...]
+    concurrent_calls: bool = True
 
 
 FRAMEWORKS: tuple[Framework, ...] = (
     Framework("tensorflow", "TensorFlow", ("tensorflow", "tf_keras")),
-    Framework("jax", "JAX", ("jax", "jaxlib", "flax")),
+    Framework("jax", "JAX", ("jax", "jaxlib", "flax"), concurrent_calls=False),
     Framework("torch", "PyTorch", ("torch",)),
 )
 BACKENDS: tuple[str, ...] = tuple(f.name for f in FRAMEWORKS)
@@ -69,22 +74,34 @@ def backend_of(model: object) -> str | None:
     return _BY_PACKAGE.get(package)
 
 
+def concurrent_calls(model: object) -> bool:
+    """Whether threads may call ``model`` at once (unknown frameworks: yes, as before)."""
+    framework = _BY_NAME.get(backend_of(model) or "")
+    return framework is None or framework.concurrent_calls
+
+
 def framework_of_value(value: object) -> str | None:
     """The framework a tensor-like ``value`` belongs to, or ``None`` for anything else."""
     return _BY_PACKAGE.get(type(value).__module__.partition(".")[0])
 
 
 def to_numpy(value: Any) -> Any:
-    """A framework tensor as a numpy array (detached and on the CPU); anything else as is.
+    """A framework tensor or variable as a numpy array (detached, on the CPU); else as is.
+
+    Keras 3 variables count too, whatever their backend.
 
     torch refuses ``numpy()`` on a tensor that requires grad or lives on a
     GPU, so it is detached and copied to the CPU first.
     """
     if isinstance(value, np.ndarray | np.generic):
         return value
-    framework = framework_of_value(value)
+    package = type(value).__module__.partition(".")[0]
+    framework = _BY_PACKAGE.get(package, "keras" if package == "keras" else None)
     if framework is None or not hasattr(value, "__array__"):
         return value
-    if framework == "torch":
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
+    try:
+        if framework == "torch":
+            return value.detach().cpu().numpy()
+        return np.asarray(value)
+    except Exception:  # symbolic, say: it stays what it is, and says so where it matters
+        return value

@@ -1,4 +1,6 @@
-"""Methods a proxy hands out: they follow the proxy across a fork and re-enter its TF1 graph.
+"""Methods a proxy hands out: they follow the proxy across a fork and re-enter its graph.
+
+They also hold the proxy's call lock, for backends that need one (``_serial``).
 
 ``predict = MODEL.predict`` taken in a parent and called in a fork child
 must not reach the parent's model (whose runtime is dead in the child: a
@@ -40,9 +42,17 @@ class ProxyMethod(_Base):
         proxy, name, owner, generation = self._self_of
         if generation != _forking.generation:  # taken before a fork
             return getattr(proxy, name)(*args, **kwargs)
-        if owner is None:
-            return self.__wrapped__(*args, **kwargs)
-        return owner.call(self.__wrapped__, *args, **kwargs)
+        # The lock of the proxy's model now (see _serial), never one captured
+        # earlier: that one may have crossed a fork held.
+        lock = proxy._self_call_lock
+        if lock is None:
+            if owner is None:
+                return self.__wrapped__(*args, **kwargs)
+            return owner.call(self.__wrapped__, *args, **kwargs)
+        with lock:
+            if owner is None:
+                return self.__wrapped__(*args, **kwargs)
+            return owner.call(self.__wrapped__, *args, **kwargs)
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         # The proxy pickles as its source: the receiver gets this method of

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import pickle
@@ -13,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from forksafe import _forking, _runtime
+from forksafe import _forking, _runtime, _scopes
 from forksafe._errors import ForkSafeError, ForkSafeWarning, InheritedRuntimeError
 from forksafe._graph import GraphOwner, load_owned
 from forksafe._methods import ProxyMethod
+from forksafe._serial import call_lock
 from forksafe._source import Source
 
 __all__ = ["DEFAULT_TIMEOUT", "ISOLATIONS", "ModelProxy", "lazy_model", "load_model"]
@@ -39,10 +41,15 @@ class ModelProxy(_Base):
     holds only its source. The first attribute access, call or method call
     loads the model in the current process (once, even when threads race);
     afterwards everything is forwarded to the model, and once loaded
-    in-process, ``isinstance(proxy, keras.Model)`` is true. In a fork child
-    the parent's model is forgotten and loaded afresh on first use. A proxy
-    pickles as its source, so a spawned worker receives a proxy that loads
-    there. ``repr()`` and [`info`][forksafe.info] never load.
+    in-process, ``isinstance(proxy, keras.Model)`` is true (``type(proxy)``
+    stays ``ModelProxy``: use ``isinstance``). In a fork child the parent's
+    model is forgotten and loaded afresh on first use. A proxy pickles as its
+    source, so a spawned worker receives a proxy that loads there; two
+    unpickles of one source in a process share one model. Copies of a model
+    loaded here keep its in-memory weights. Truth, hash and equality are the
+    proxy's identity; they, ``repr()`` and [`info`][forksafe.info] never load.
+    Where the backend cannot take concurrent calls (Keras on JAX), calls
+    through the proxy are serialized.
     """
 
     # Class-level defaults: reading proxy state never falls through to
@@ -55,6 +62,7 @@ class ModelProxy(_Base):
     _self_isolation: str = "auto"
     _self_in_effect: str | None = None
     _self_timeout: float = DEFAULT_TIMEOUT
+    _self_call_lock: threading.RLock | None = None  # only for backends that need one
 
     def __init__(
         self, source: Source, isolation: str = "auto", timeout: float = DEFAULT_TIMEOUT
@@ -84,15 +92,17 @@ class ModelProxy(_Base):
     def _self_resolve(self) -> Any:
         """The model of this process, loading it if needed (the slow path)."""
         _forking.check_pid()
+        # Before the lock: a load may run on a thread of its own (see
+        # _scopes), which would wait forever for the lock its caller holds.
+        if self._self_loading == _scopes.caller_thread():
+            raise ForkSafeError(
+                f"the model {self._self_source.describe()!r} was used while it was being "
+                "loaded, by the loader or factory itself; it must not use its own proxy"
+            )
         with self._self_lock:
             model = self._self_model
             if model is not None:
                 return model
-            if self._self_loading == threading.get_ident():
-                raise ForkSafeError(
-                    f"the model {self._self_source.describe()!r} was used while it was being "
-                    "loaded, by the loader or factory itself; it must not use its own proxy"
-                )
             _forking.report_failures()
             in_effect = self._isolation_now()
             self._self_loading = threading.get_ident()
@@ -115,6 +125,7 @@ class ModelProxy(_Base):
                 self._self_loading = None
             self._self_in_effect = in_effect
             self._self_owner = owner
+            self._self_call_lock = call_lock(model) if in_effect == "inprocess" else None
             self._self_owner_pid = os.getpid()
             self._self_loads += 1
             # Published last: the lock-free fast path reads only this.
@@ -155,6 +166,7 @@ class ModelProxy(_Base):
         reset(self, "_self_loads", 0)
         reset(self, "_self_loading", None)
         reset(self, "_self_in_effect", None)
+        reset(self, "_self_call_lock", None)
         reset(self, "_self_lock", threading.RLock())
 
     # -- forwarding (the hot path) -----------------------------------------
@@ -166,11 +178,16 @@ class ModelProxy(_Base):
                 raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
             model = self._self_resolve()
         value = getattr(model, name)
-        # Methods follow the proxy across a fork (and re-enter a TF1 graph);
-        # in graph mode every callable needs the re-entry.
+        # Methods follow the proxy across a fork; in graph mode every callable
+        # needs the graph's re-entry, and with a call lock every callable its lock.
         owner = self._self_owner
         if type(value) is MethodType or (
-            callable(value) and (owner is not None or self._self_in_effect == "process")
+            callable(value)
+            and (
+                owner is not None
+                or self._self_call_lock is not None
+                or self._self_in_effect == "process"
+            )
         ):
             return ProxyMethod(value, self, name, owner)
         return value
@@ -180,9 +197,13 @@ class ModelProxy(_Base):
         if model is None:
             model = self._self_resolve()
         owner = self._self_owner
-        if owner is None:
+        if owner is not None:
+            return owner.call(model, *args, **kwargs)
+        lock = self._self_call_lock
+        if lock is None:
             return model(*args, **kwargs)
-        return owner.call(model, *args, **kwargs)
+        with lock:
+            return model(*args, **kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_self_") or name == "__wrapped__":
@@ -224,10 +245,50 @@ class ModelProxy(_Base):
         return self.__reduce_ex__(2)
 
     def __copy__(self) -> ModelProxy:
-        return ModelProxy(self._self_source, self._self_isolation, self._self_timeout)
+        return self._self_copy(copy.copy)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ModelProxy:
-        return self.__copy__()
+        return self._self_copy(lambda model: copy.deepcopy(model, memo))
+
+    def _self_copy(self, how: Callable[[Any], Any]) -> ModelProxy:
+        """A proxy of the same source holding ``how(model)``, as the model's own copies do.
+
+        A model loaded here is copied with its weights as they are in memory
+        (in its graph and session, in TF1 graph mode); an unloaded or hosted
+        one gives an unloaded proxy that loads from the source.
+        """
+        clone = ModelProxy(self._self_source, self._self_isolation, self._self_timeout)
+        model, owner = self._self_model, self._self_owner
+        if model is None or self._self_in_effect != "inprocess":
+            return clone
+        copied = how(model) if owner is None else owner.call(how, model)
+        clone._self_in_effect = "inprocess"
+        clone._self_owner = owner
+        clone._self_call_lock = call_lock(copied)
+        clone._self_owner_pid = os.getpid()
+        clone._self_loads = 1
+        clone._self_model = copied
+        clone.__wrapped__ = copied
+        return clone
+
+    # -- identity: answered by the proxy itself, never loads ----------------
+    #
+    # A Keras model's truth, hash and equality are its identity. The proxy
+    # answers them by its own identity, so ``if MODEL:``, sets and dict keys
+    # never load the model, and the answers stay the same before loading,
+    # after it, and across the reload in a fork child.
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return object.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        return True if other is self else NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        return False if other is self else NotImplemented
 
 
 # One proxy per source in each process for proxies that arrive pickled: a
@@ -267,7 +328,16 @@ def load_model(
 ) -> ModelProxy:
     """Return a proxy that loads the model at ``source`` lazily, once per process.
 
-    Nothing is loaded and no framework is imported until the proxy is used.
+    Nothing is loaded and no framework is imported until the proxy is used
+    (``bool``, ``hash``, ``==``, ``repr`` and pickling never load). The first
+    use may be anywhere, also inside a ``tf.function`` or a Keras layer: the
+    model loads as from a plain frame.
+
+    Copying and pickling: ``copy.copy``/``copy.deepcopy`` of a model loaded in
+    this process keep its weights as they are in memory, as the model's own
+    copies do. Pickling ships the source, not the model: weights changed in
+    memory do not travel, and the receiver loads the file. Two unpickles of
+    the same source in one process are the same proxy, sharing one model.
 
     Args:
         source: path to a ``.keras`` file, an ``.h5``/``.hdf5`` file or a

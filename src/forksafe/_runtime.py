@@ -19,6 +19,7 @@ from typing import Any
 
 from forksafe import _forking
 from forksafe._frameworks import BACKENDS, display
+from forksafe._scopes import continued_from
 
 __all__ = ["BackendState", "RuntimeState", "runtime_state"]
 
@@ -167,7 +168,7 @@ def caller_location(frame: FrameType | None = None) -> str | None:
         filename = frame.f_code.co_filename
         if not filename.startswith(("<frozen", "<string")) and not filename.startswith(internal):
             return f"{filename}:{frame.f_lineno}"
-        frame = frame.f_back
+        frame = continued_from(frame)  # a load thread continues in its caller
     return None
 
 

@@ -16,7 +16,10 @@ FORMATS = ("keras", "h5", "savedmodel")
 
 @dataclass(frozen=True)
 class TinyModel:
-    """A saved tiny model and what it must answer.
+    """A saved tiny model and what it must answer; a path (``os.PathLike``) to the model.
+
+    ``forksafe.load_model(tiny)`` and ``open``-style APIs accept it as they
+    accept ``tiny.path``.
 
     Attributes:
         path: the ``.keras`` or ``.h5`` file, or the SavedModel directory.
@@ -30,6 +33,10 @@ class TinyModel:
     format: str
     x: np.ndarray[Any, Any]
     y: np.ndarray[Any, Any]
+
+    def __fspath__(self) -> str:
+        """The model's path, so a ``TinyModel`` can be passed where a path is expected."""
+        return self.path
 
 
 def _shapes(inputs: int, outputs: int, hidden: tuple[int, ...]) -> list[tuple[int, ...]]:

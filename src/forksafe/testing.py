@@ -1,6 +1,6 @@
 """Test helpers for fork safety, usable with or without pytest.
 
-The pytest plugin (``forksafe.pytest_plugin``, loaded automatically) wraps
+The pytest plugin (``pytest_forksafe``, loaded automatically) wraps
 these as fixtures with a configurable default timeout.
 """
 

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(900)
 def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     """``python -m benchmarks --quick`` fills every section, every target and RESULTS.md."""
-    sections = ["core", "graph", "scaling", "host"]
+    sections = ["core", "graph", "scaling", "host", "jax"]
     if redis_available():
         sections.append("celery")
     elif os.environ.get("CI") == "true":
@@ -43,7 +43,14 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
             assert 0 < row["bare_us"]["min"] <= row["bare_us"]["median"] <= row["bare_us"]["max"]
     text = (tmp_path / "RESULTS.md").read_text()
     assert "**quick** mode" in text
-    for heading in ("## Targets", "## Proxy overhead", "## Out-of-process host", "## Scaling"):
+    headings = (
+        "## Targets",
+        "## Proxy overhead",
+        "## Out-of-process host",
+        "## Scaling",
+        "## Keras on JAX",
+    )
+    for heading in headings:
         assert heading in text
     assert (tmp_path / "threads.png").stat().st_size > 1000
     if "celery" in sections:

@@ -82,11 +82,70 @@ def test_doctor_flags_import_time_loading(tmp_path: Any, models: Models) -> None
     assert "MODEL is a model loaded outside a proxy (keras." in done.stdout
 
 
+BUILT_BY_CODE = """
+import os
+import keras
+
+with open(os.environ["FS_JSON"]) as f:
+    MODEL = keras.models.model_from_json(f.read())
+MODEL.load_weights(os.environ["FS_WEIGHTS"])
+"""
+
+
+def write_json_and_weights(models: Models, directory: str) -> tuple[str, str]:
+    """The tiny model as architecture JSON plus a weights file (in a clean process)."""
+    import keras
+
+    model = keras.models.load_model(models.keras)
+    json_path = os.path.join(directory, "model.json")
+    with open(json_path, "w", encoding="utf-8") as f:
+        f.write(model.to_json())
+    weights = os.path.join(directory, "model.weights.h5")
+    model.save_weights(weights)
+    return json_path, weights
+
+
+def test_doctor_suggests_lazy_model_for_a_model_built_by_code(
+    tmp_path: Any, models: Models
+) -> None:
+    """A model from JSON plus weights cannot come from load_model(path): suggest lazy_model."""
+    from tests.helpers import run_clean
+
+    json_path, weights = run_clean(write_json_and_weights, models, str(tmp_path)).get()
+    (tmp_path / "json_tasks.py").write_text(BUILT_BY_CODE)
+    env = {"PYTHONPATH": str(tmp_path), "FS_JSON": json_path, "FS_WEIGHTS": weights}
+    done = forksafe_cli("doctor", "json_tasks", env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "MODEL is a model loaded outside a proxy" in done.stdout
+    assert "MODEL = forksafe.lazy_model(build_model)" in done.stdout
+    assert "forksafe.load_model(path)" not in done.stdout
+
+
 def test_doctor_reports_a_module_that_cannot_import(tmp_path: Any) -> None:
     """A missing module: exit 1 with the import error."""
     done = forksafe_cli("doctor", "no_such_module_here")
     assert done.returncode == 1
     assert "cannot import no_such_module_here: ModuleNotFoundError" in done.stdout
+
+
+def test_demo_without_celery_says_what_to_install() -> None:
+    """With Celery missing, demo exits at once naming the extra that installs it."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; sys.modules['celery'] = None  # Celery not installed\n"
+            "from forksafe._cli import main; sys.exit(main(['demo']))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "forksafe demo needs celery" in done.stderr
+    assert "pip install 'forksafe[demo]'" in done.stderr
+    assert "building" not in done.stdout  # it stopped before doing any work
 
 
 def worker_rows(output: str) -> list[tuple[int, int, int]]:

@@ -130,8 +130,8 @@ def test_child_exception_is_reraised_with_its_traceback(pytester: pytest.Pyteste
     result.stdout.fnmatch_lines(["*RemoteTraceback*", "*in divide*", "*ZeroDivisionError*"])
 
 
-def test_forked_marker(pytester: pytest.Pytester) -> None:
-    """@pytest.mark.forked runs the body in a child: pass, fail and hang each reported."""
+def test_run_in_fork_marker(pytester: pytest.Pytester) -> None:
+    """@pytest.mark.run_in_fork runs the body in a child: pass, fail and hang each reported."""
     pytester.makepyfile(
         test_marker="""
         import os
@@ -142,15 +142,15 @@ def test_forked_marker(pytester: pytest.Pytester) -> None:
         def parent_pid():
             return os.getpid()
 
-        @pytest.mark.forked
+        @pytest.mark.run_in_fork
         def test_runs_in_a_child(parent_pid):
             assert os.getpid() != parent_pid
 
-        @pytest.mark.forked(timeout=10)
+        @pytest.mark.run_in_fork(timeout=10)
         def test_fails_in_a_child():
             assert 1 + 1 == 3
 
-        @pytest.mark.forked(timeout=2)
+        @pytest.mark.run_in_fork(timeout=2)
         def test_hangs_in_a_child():
             time.sleep(60)
     """
@@ -237,3 +237,105 @@ def test_forksafe_proxy_detects_leaks(pytester: pytest.Pytester) -> None:
             f"shared-memory segments [[]'{segment}'[]]*",
         ]
     )
+
+
+def test_plugin_is_inert_until_used(pytester: pytest.Pytester) -> None:
+    """Loading the plugin imports no forksafe module; the first fixture use does.
+
+    forksafe installs at-fork hooks and TensorFlow import hooks when
+    imported: every pytest session of every project with forksafe installed
+    would get them (and pay the import) if the entry point imported it.
+    """
+    pytester.makepyfile(
+        test_inert="""
+        import sys
+
+        def loaded():
+            return sorted(name for name in sys.modules if name.split(".")[0] == "forksafe")
+
+        def test_a_session_that_uses_nothing(request):
+            assert request.config.pluginmanager.has_plugin("forksafe")
+            assert loaded() == []
+            assert "numpy" not in sys.modules
+
+        def test_the_first_fixture_use_imports_it(run_in_fork):
+            assert "forksafe" in loaded()
+    """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=2)
+
+
+def test_forked_is_left_to_pytest_forked(pytester: pytest.Pytester) -> None:
+    """forksafe registers no ``forked`` marker: under --strict-markers it is unknown."""
+    pytester.makepyfile(
+        test_names="""
+        import pytest
+
+        @pytest.mark.forked
+        def test_forked():
+            pass
+    """
+    )
+    result = run(pytester, "--strict-markers")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*'forked' not found in `markers` configuration option*"])
+
+
+def test_marker_values_are_checked_naming_the_test(pytester: pytest.Pytester) -> None:
+    """Bad marker arguments, and both ``forked`` and ``run_in_fork``, error at setup."""
+    pytester.makeini("[pytest]\nmarkers = forked: pytest-forked's marker\n")
+    pytester.makepyfile(
+        test_bad_markers="""
+        import pytest
+
+        @pytest.mark.run_in_fork(timeout="soon")
+        def test_text():
+            pass
+
+        @pytest.mark.run_in_fork(timeout=-1)
+        def test_negative():
+            pass
+
+        @pytest.mark.run_in_fork(5, seconds=2)
+        def test_unknown_argument():
+            pass
+
+        @pytest.mark.forked
+        @pytest.mark.run_in_fork
+        def test_forked_twice():
+            pass
+
+        @pytest.mark.run_in_fork(timeout=5)
+        def test_fine():
+            pass
+    """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1, errors=4)
+    result.stdout.fnmatch_lines_random(
+        [
+            "*test_text: @pytest.mark.run_in_fork: timeout must be a positive number of "
+            "seconds, got 'soon'*",
+            "*test_negative: @pytest.mark.run_in_fork: timeout must be a positive number of "
+            "seconds, got -1*",
+            "*test_unknown_argument: @pytest.mark.run_in_fork: takes one argument, timeout*",
+            "*test_forked_twice: @pytest.mark.run_in_fork and @pytest.mark.forked "
+            "(pytest-forked) both run the test in a forked child*",
+        ]
+    )
+
+
+@pytest.mark.parametrize("how", ["option", "ini"])
+def test_bad_default_timeout_names_its_source(pytester: pytest.Pytester, how: str) -> None:
+    """A bad --forksafe-timeout or forksafe_timeout stops the session, naming where it came from."""
+    pytester.makepyfile(test_any="def test_any():\n    pass\n")
+    if how == "ini":
+        ini = pytester.makeini("[pytest]\nforksafe_timeout = ten\n")
+        result = run(pytester)
+        expected = f"*forksafe_timeout in {ini}: must be a positive number of seconds, got 'ten'*"
+    else:
+        result = run(pytester, "--forksafe-timeout=0")
+        expected = "*--forksafe-timeout: must be a positive number of seconds, got 0.0*"
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([expected])

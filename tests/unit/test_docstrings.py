@@ -19,7 +19,7 @@ import forksafe
 # The public modules and what they export. The pytest plugin has no __all__:
 # its public names are its hooks, fixtures and helpers (no leading underscore).
 PUBLIC_MODULES = ("forksafe", "forksafe.testing", "forksafe.celery", "forksafe.gunicorn")
-PLUGIN = "forksafe.pytest_plugin"
+PLUGIN = "pytest_forksafe"
 PACKAGE_DIR = pathlib.Path(forksafe.__file__).parent
 
 

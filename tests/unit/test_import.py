@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.helpers import run_python
+from tests.models import Models
 
 
 def test_import_and_proxy_creation_import_no_framework(tmp_path: object) -> None:
@@ -18,6 +19,22 @@ def test_import_and_proxy_creation_import_no_framework(tmp_path: object) -> None
         print(heavy, forksafe.info(p).loaded)
     """)
     assert out == "[] False"
+
+
+def test_if_model_at_import_time_loads_nothing(models: Models) -> None:
+    """``if MODEL:``, a set of models and ``MODEL == other`` at import time load nothing."""
+    out = run_python(f"""
+        import sys
+        import forksafe
+        MODEL = forksafe.load_model({models.keras!r})
+        OTHER = forksafe.load_model({models.keras!r})
+        if MODEL:
+            REGISTRY = {{MODEL: "main"}}
+        same = MODEL == MODEL and MODEL != OTHER and OTHER not in REGISTRY
+        heavy = [m for m in ("tensorflow", "keras") if m in sys.modules]
+        print(heavy, same, forksafe.info(MODEL).loaded)
+    """)
+    assert out == "[] True False"
 
 
 def test_public_api_is_sorted_and_complete() -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import forksafe
+import forksafe.testing
 from tests.models import Models
 from tests.scenarios import NumpyModel
 
@@ -175,14 +176,88 @@ def test_unpickling_one_source_again_gives_the_same_proxy() -> None:
     assert other is not first  # a different source (other arguments) is another proxy
 
 
-def test_copy_gives_an_unloaded_proxy_of_the_same_source() -> None:
-    """Copy and deepcopy give independent proxies that load on their own."""
+def test_copy_of_an_unloaded_proxy_is_an_unloaded_proxy() -> None:
+    """Copying a proxy that is not loaded here loads nothing: the copy loads from the source."""
     proxy = forksafe.lazy_model(NumpyModel)
-    proxy.scale  # noqa: B018
     for clone in (copy.copy(proxy), copy.deepcopy(proxy)):
+        assert isinstance(clone, forksafe.ModelProxy) and clone is not proxy
         assert not forksafe.info(clone).loaded
         assert clone.scale == 2.0
-        assert clone.__wrapped__ is not proxy.__wrapped__
+    assert not forksafe.info(proxy).loaded
+
+
+@pytest.mark.parametrize("how", [copy.copy, copy.deepcopy], ids=["copy", "deepcopy"])
+def test_copy_of_a_loaded_proxy_keeps_the_weights_in_memory(
+    keras_proxy: forksafe.ModelProxy, models: Models, how: object
+) -> None:
+    """Weights changed in memory survive copy and deepcopy, as with the bare model's copies."""
+    x, _ = models.reference()
+    weights = [w * 0.5 for w in keras_proxy.get_weights()]
+    keras_proxy.set_weights(weights)
+    bare_copy = how(keras_proxy.__wrapped__)  # type: ignore[operator]
+    clone = how(keras_proxy)  # type: ignore[operator]
+    assert isinstance(clone, forksafe.ModelProxy) and clone is not keras_proxy
+    assert forksafe.info(clone).loaded and forksafe.info(clone).loads == 1
+    assert clone.__wrapped__ is not keras_proxy.__wrapped__
+    for mine, theirs in zip(clone.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(mine, theirs)
+    np.testing.assert_allclose(clone.predict_on_batch(x), bare_copy.predict_on_batch(x), atol=1e-6)
+    clone.set_weights([w * 0 for w in weights])  # independent of the original
+    np.testing.assert_array_equal(keras_proxy.get_weights()[0], weights[0])
+
+
+def test_deepcopy_keeps_shared_references_shared() -> None:
+    """deepcopy's memo holds: one proxy twice in a structure is one copy twice."""
+    proxy = forksafe.lazy_model(NumpyModel)
+    proxy.scale  # noqa: B018
+    pair = copy.deepcopy([proxy, proxy])
+    assert pair[0] is pair[1] and pair[0] is not proxy
+
+
+def test_truth_hash_and_equality_never_load() -> None:
+    """bool, hash, ==, != and set/dict membership answer by identity, loading nothing."""
+    proxy = forksafe.lazy_model(NumpyModel)
+    other = forksafe.lazy_model(NumpyModel)
+    assert proxy
+    assert hash(proxy) == hash(proxy) and hash(proxy) != hash(other)
+    assert proxy.__eq__(proxy) is True and proxy.__ne__(proxy) is False
+    assert proxy.__eq__(other) is NotImplemented and proxy.__ne__(other) is NotImplemented
+    assert [proxy == proxy, proxy != proxy, proxy == other, proxy != other] == [
+        True,
+        False,
+        False,
+        True,
+    ]
+    assert proxy != 1 and proxy is not None
+    assert {proxy: 1}[proxy] == 1 and proxy in {proxy} and other not in {proxy}
+    assert not forksafe.info(proxy).loaded and not forksafe.info(other).loaded
+    before = hash(proxy)
+    proxy.scale  # noqa: B018  (load)
+    assert hash(proxy) == before and proxy != proxy.__wrapped__
+
+
+def identity_across_fork() -> tuple[tuple[int, bool, bool, bool], int]:
+    """In a clean process: hash, equality and membership of a proxy reloaded in a fork child."""
+    from tests.helpers import fork_call
+
+    proxy = forksafe.lazy_model(NumpyModel)
+    proxy.scale  # noqa: B018  (loaded in the parent)
+    members = {proxy}
+
+    def child() -> tuple[int, bool, bool, bool]:
+        unloaded = not forksafe.info(proxy).loaded
+        proxy.scale  # noqa: B018  (reloaded here)
+        return hash(proxy), proxy in members, proxy == proxy, unloaded
+
+    return fork_call(child, timeout=30).get(), hash(proxy)
+
+
+def test_identity_holds_across_a_reload_after_fork() -> None:
+    """In a fork child the reloaded proxy keeps its hash, equality and set membership."""
+    from tests.helpers import run_clean
+
+    child, parent_hash = run_clean(identity_across_fork, timeout=60).get()
+    assert child == (parent_hash, True, True, True)
 
 
 def test_failed_load_is_retried(tmp_path: object, models: Models) -> None:
@@ -213,3 +288,21 @@ def test_custom_loader_gets_path_and_kwargs(models: Models) -> None:
     proxy = forksafe.load_model(models.keras, loader=loader, compile=False)
     assert proxy.name == "tiny"
     assert calls == [(models.keras, {"compile": False})]
+
+
+def test_tensorflow_models_take_no_call_lock(keras_proxy: forksafe.ModelProxy) -> None:
+    """Only backends that cannot take concurrent calls pay for a lock; TensorFlow does not."""
+    keras_proxy.name  # noqa: B018  (load)
+    assert keras_proxy._self_call_lock is None
+
+
+def test_tiny_model_is_a_path(models: Models) -> None:
+    """forksafe.testing.TinyModel is os.PathLike: load_model accepts it as it is."""
+    import os
+
+    x, y = models.reference()
+    tiny = forksafe.testing.TinyModel(path=models.keras, format="keras", x=x, y=y)
+    assert os.fspath(tiny) == models.keras
+    proxy = forksafe.load_model(tiny)
+    assert forksafe.info(proxy).source == models.keras
+    np.testing.assert_allclose(proxy.predict_on_batch(tiny.x), tiny.y, atol=1e-5)

@@ -377,13 +377,17 @@ class HostClient:
 
 
 class RemoteMethod:
-    """A method of the model in the host; calling it is one round trip."""
+    """A method of the model in the host; calling it is one round trip.
 
-    __slots__ = ("_client", "_name")
+    Its ``__name__``, ``__qualname__`` and ``__doc__`` are the host method's.
+    """
 
-    def __init__(self, client: HostClient, name: str) -> None:
+    def __init__(self, client: HostClient, name: str, about: dict[str, Any]) -> None:
         self._client = client
         self._name = name
+        self.__name__ = name
+        self.__qualname__ = about.get("qualname") or name
+        self.__doc__ = about.get("doc")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._client.request(("call", self._name, args, kwargs), what=self._name)
@@ -436,7 +440,7 @@ class RemoteModel:
             return method
         kind, value = self._client.request(("getattr", name), what=f"attribute {name!r}")
         if kind == "callable":
-            method = self._methods[name] = RemoteMethod(self._client, name)
+            method = self._methods[name] = RemoteMethod(self._client, name, value)
             return method
         return value
 

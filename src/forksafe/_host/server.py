@@ -94,7 +94,15 @@ class _Host:
     def getattr(self, name: str) -> tuple[str, Any]:
         value = getattr(self.model, name)
         if callable(value):
-            return ("callable", None)
+            doc = getattr(value, "__doc__", None)
+            qualname = getattr(value, "__qualname__", None)
+            return (
+                "callable",
+                {
+                    "doc": doc if isinstance(doc, str) else None,
+                    "qualname": qualname if isinstance(qualname, str) else name,
+                },
+            )
         value = to_plain(value)
         if not is_plain(value):
             raise HostError(

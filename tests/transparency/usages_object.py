@@ -1,0 +1,192 @@
+"""Usages of the model as a Python object: identity, copying, pickling, threads, fork."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import inspect
+import pickle
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+from tests.transparency.usages import ALL, EAGER, usage
+
+
+@usage(host=True)
+def truth(m: Any, ctx: Any) -> Any:
+    return bool(m), not m
+
+
+@usage(host=True)
+def hash_and_equality(m: Any, ctx: Any) -> Any:
+    other = object()
+    return hash(m) == hash(m), m == m, m != m, m == other, m != other
+
+
+@usage(host=True)
+def dict_key_and_set_member(m: Any, ctx: Any) -> Any:
+    return {m: "model"}[m], m in {m}, m in [m]
+
+
+@usage()
+def type_of(m: Any, ctx: Any) -> Any:
+    return type(m).__name__
+
+
+@usage()
+def class_attribute(m: Any, ctx: Any) -> Any:
+    return m.__class__.__name__
+
+
+@usage()
+def isinstance_of_keras_classes(m: Any, ctx: Any) -> Any:
+    keras = ctx.keras
+    return isinstance(m, keras.Model), isinstance(m, keras.layers.Layer), isinstance(m, int)
+
+
+@usage()
+def repr_and_str(m: Any, ctx: Any) -> Any:
+    return repr(m).startswith("<"), str(m) == repr(m)
+
+
+@usage(host=True)
+def callable_and_hasattr(m: Any, ctx: Any) -> Any:
+    return callable(m), hasattr(m, "predict"), hasattr(m, "no_such_attribute")
+
+
+@usage(host=True)
+def missing_attribute(m: Any, ctx: Any) -> Any:
+    return m.no_such_attribute
+
+
+@usage()
+def dir_lists_methods(m: Any, ctx: Any) -> Any:
+    names = dir(m)
+    return all(name in names for name in ("predict", "fit", "layers", "save"))
+
+
+@usage()
+def vars_of(m: Any, ctx: Any) -> Any:
+    return "_layers" in vars(m) or "_self_tracked_trackables" in vars(m)
+
+
+@usage()
+def copy_copy(m: Any, ctx: Any) -> Any:
+    clone = copy.copy(m)
+    return clone is m, clone.predict(ctx.x, verbose=0)
+
+
+@usage()
+def deepcopy(m: Any, ctx: Any) -> Any:
+    clone = copy.deepcopy(m)
+    return clone is m, clone.predict(ctx.x, verbose=0)
+
+
+@usage()
+def copy_keeps_weights_set_in_memory(m: Any, ctx: Any) -> Any:
+    m.set_weights([w * 0.5 for w in m.get_weights()])
+    return [copy.copy(m).predict(ctx.x, verbose=0), copy.deepcopy(m).predict(ctx.x, verbose=0)]
+
+
+@usage(EAGER, host=True)
+def pickle_round_trip(m: Any, ctx: Any) -> Any:
+    return pickle.loads(pickle.dumps(m)).predict(ctx.x, verbose=0)
+
+
+@usage(EAGER)
+def pickle_after_set_weights(m: Any, ctx: Any) -> Any:
+    m.set_weights([w * 0.5 for w in m.get_weights()])
+    return pickle.loads(pickle.dumps(m)).predict(ctx.x, verbose=0)
+
+
+@usage(EAGER)
+def pickle_twice_in_one_process(m: Any, ctx: Any) -> Any:
+    data = pickle.dumps(m)
+    return pickle.loads(data) is pickle.loads(data)
+
+
+@usage(EAGER)
+def pickle_a_model_composed_with_it(m: Any, ctx: Any) -> Any:
+    keras = ctx.keras
+    bigger = keras.Sequential([m, keras.layers.Dense(2, kernel_initializer="ones")])
+    bigger.predict(ctx.x, verbose=0)
+    return pickle.loads(pickle.dumps(bigger)).predict(ctx.x, verbose=0)
+
+
+@usage(host=True)
+def weak_reference(m: Any, ctx: Any) -> Any:
+    ref = weakref.ref(m)
+    return ref() is m
+
+
+@usage(host=True)
+def weak_key_dictionary_and_set(m: Any, ctx: Any) -> Any:
+    cache: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary({m: "hit"})
+    members = weakref.WeakSet([m])
+    return cache[m], m in members
+
+
+@usage()
+def weak_reference_dies_with_the_model(m: Any, ctx: Any) -> Any:
+    holder = [m]
+    ref = weakref.ref(holder[0])
+    del holder, m
+    gc.collect()
+    return ref() is None
+
+
+@usage()
+def signature_of_predict(m: Any, ctx: Any) -> Any:
+    return str(inspect.signature(m.predict))
+
+
+@usage()
+def signature_of_call(m: Any, ctx: Any) -> Any:
+    return str(inspect.signature(m))
+
+
+@usage(host=True)
+def method_name_and_doc(m: Any, ctx: Any) -> Any:
+    return m.predict.__name__, (m.predict.__doc__ or "")[:40]
+
+
+@usage(EAGER, host=True)
+def threads_share_the_model(m: Any, ctx: Any) -> Any:
+    return _in_threads(lambda: np.asarray(m.predict_on_batch(ctx.x)), 8)
+
+
+@usage(("tf1",))
+def thread_predicts_after_main_loaded(m: Any, ctx: Any) -> Any:
+    m.predict(ctx.x, verbose=0)  # loaded and used on the main thread
+    return _in_threads(lambda: np.asarray(m.predict(ctx.x, verbose=0)), 2)
+
+
+@usage(ALL, host=True)
+def fork_child_predicts(m: Any, ctx: Any) -> Any:
+    from forksafe.testing import ForkTimeoutError, run_in_fork
+
+    m.predict(ctx.x, verbose=0)  # the parent uses the model, then forks a worker
+    try:
+        return run_in_fork(lambda: np.asarray(m.predict(ctx.x, verbose=0)), timeout=10)
+    except ForkTimeoutError:
+        return "hung (killed after 10 s)"
+
+
+def _in_threads(fn: Any, count: int) -> Any:
+    results: list[Any] = [None] * count
+
+    def work(index: int) -> None:
+        try:
+            results[index] = fn()
+        except Exception as exc:
+            results[index] = type(exc).__name__
+
+    workers = [threading.Thread(target=work, args=(i,)) for i in range(count)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    return results
