@@ -38,10 +38,9 @@ def stress(session: nox.Session) -> None:
         "python",
         "-m",
         "pytest",
-        "-m",
-        "stress",
         "-s",
         "tests/stress",
+        "tests/faults",
         *session.posargs,
         env={"FORKSAFE_STRESS": "full"},
     )

@@ -69,12 +69,23 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
     return not alive(pid)
 
 
-def segments_back_to(before: set[str], timeout: float = 10.0) -> set[str]:
-    """Wait, bounded, until no segment beyond ``before`` exists; return what is left."""
+def segments_back_to(
+    before: set[str], timeout: float = 10.0, *, of_live: tuple[int, ...] = ()
+) -> set[str]:
+    """Wait, bounded, until no segment beyond ``before`` exists; return what is left.
+
+    Segments created by the processes ``of_live`` (live hosts keep a pool of
+    their own) do not count.
+    """
+    owners = tuple(f"forksafe_{pid}_" for pid in of_live)
+
+    def left() -> set[str]:
+        return {n for n in shm_segments() - before if not (owners and n.startswith(owners))}
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and shm_segments() - before:
+    while time.monotonic() < deadline and left():
         time.sleep(0.02)
-    return shm_segments() - before
+    return left()
 
 
 def templates() -> set[int]:

@@ -59,11 +59,8 @@ class Tracked:
             assert wait_gone(pid), f"host {pid} outlived its retirement"
         pools = {n for p in self.proxies for n in p.__wrapped__._client.pool.names()}
         pools |= set(self._warm.__wrapped__._client.pool.names())
-        # A live host keeps its own pool of reply segments.
-        owners = tuple(f"forksafe_{pid}_" for pid in live)
-        left = {
-            n for n in segments_back_to(self.segments_before | pools) if not n.startswith(owners)
-        }
+        # A live host keeps a pool of reply segments of its own.
+        left = segments_back_to(self.segments_before | pools, of_live=tuple(live))
         assert not left, f"leaked segments: {left}"
 
 

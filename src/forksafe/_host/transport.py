@@ -64,7 +64,8 @@ class Shared(NamedTuple):
 class _Segment:
     __slots__ = ("buf", "name", "size")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, into: list[_Segment]) -> None:
+        """Create a segment and append it to ``into`` before anything can lose it."""
         for _attempt in range(8):
             name = f"{PREFIX}{os.getpid()}_{next(_counter)}_{secrets.token_hex(4)}"
             try:
@@ -77,13 +78,14 @@ class _Segment:
         try:
             os.ftruncate(fd, size)
             self.buf = mmap.mmap(fd, size)
+            self.name = name
+            self.size = size
+            into.append(self)
         except BaseException:
             _unlink_name(name)
             raise
         finally:
             os.close(fd)
-        self.name = name
-        self.size = size
 
     def unlink(self) -> None:
         _unlink_name(self.name)
@@ -141,18 +143,19 @@ class SegmentPool:
         return Shared(segment.name, leaf.shape, leaf.dtype)
 
     def _take(self, nbytes: int) -> _Segment:
+        # In ``_busy`` before it leaves ``_free``: an interrupt in between
+        # leaves it in both lists (``recycle`` dedupes), never in neither.
         fits = [s for s in self._free if s.size >= nbytes]
-        if fits:
-            segment = min(fits, key=lambda s: s.size)
-            self._free.remove(segment)
-        else:
-            segment = _Segment(nbytes)
+        if not fits:
+            return _Segment(nbytes, into=self._busy)
+        segment = min(fits, key=lambda s: s.size)
         self._busy.append(segment)
+        self._free.remove(segment)
         return segment
 
     def recycle(self) -> None:
         """The peer has read the last message: its segments may be reused."""
-        self._free += self._busy
+        self._free = list({id(s): s for s in self._free + self._busy}.values())
         self._busy = []
         self._free.sort(key=lambda s: s.size)
         while self._free and sum(s.size for s in self._free) > self._limit:
