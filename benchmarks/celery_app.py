@@ -1,8 +1,9 @@
 """The Celery app ``benchmarks.celery_pools`` runs: a mixed preprocessing + predict task.
 
 Configured from the environment: FSB_BROKER, FSB_BACKEND, FSB_MODEL, and
-FSB_HOLD: ``proxy`` (``forksafe.load_model`` + ``forksafe.celery.install``)
-or ``plain`` (the original report's ``keras.models.load_model`` at import:
+FSB_HOLD: ``proxy`` (``forksafe.load_model`` + ``forksafe.celery.install``),
+``proxy-poisoned`` (the same, in a master that also runs a TensorFlow op at
+import) or ``plain`` (the original report's ``keras.models.load_model`` at import:
 the thread-pool workaround; with prefork it would hang).
 """
 
@@ -30,13 +31,20 @@ app.conf.update(
 )
 
 _PATH = os.environ.get("FSB_MODEL", "unset.keras")
-if os.environ.get("FSB_HOLD", "proxy") == "plain":
+_HOLD = os.environ.get("FSB_HOLD", "proxy")
+if _HOLD == "plain":
     import keras
 
     MODEL: Any = keras.models.load_model(_PATH)
 else:
     MODEL = forksafe.load_model(_PATH)
     forksafe.celery.install(app, warm=[MODEL])
+    if _HOLD == "proxy-poisoned":
+        # The master runs TensorFlow at import, as many apps do by accident:
+        # every prefork child then needs a host.
+        import keras
+
+        keras.ops.convert_to_tensor(np.ones(2)) + 1.0
 
 
 def preprocess(seed: int) -> np.ndarray[Any, Any]:

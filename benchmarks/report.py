@@ -131,6 +131,25 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
             interval=prefork and prefork["ratio_ci95"],
         )
     )
+    memory = sections.get("pool_memory", {}).get("pool_memory", {})
+    rows.append(
+        _target(
+            "Celery prefork -c 4, master ran TF: templates",
+            memory.get("templates"),
+            1,
+            "",
+            most=True,
+        )
+    )
+    rows.append(
+        _target(
+            "same pool: total PSS / untouched-master pool",
+            memory.get("ratio"),
+            1.15,
+            "",
+            most=True,
+        )
+    )
     jax = sections.get("jax", {}).get("threads", {}).get("8")
     rows.append(
         _target(
@@ -347,6 +366,27 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
                     f"{row['ratio_ci95'][1]:.2f}) | {row['latency_ms']['p50']:.1f} | "
                     f"{row['latency_ms']['p99']:.1f} | {rss} |"
                 )
+    memory = s.get("pool_memory", {}).get("pool_memory")
+    if memory:
+        out += ["", "## Memory of a pool whose master ran TensorFlow (`benchmarks/pool_memory.py`)"]
+        if "skipped" in memory:
+            out += ["", f"Skipped: {memory['skipped']}."]
+        else:
+            out += [
+                "",
+                f"Celery `prefork -c {memory['children']}` on Redis, a Dense model of "
+                f"{memory['model_mb']:.0f} MB, every child answered; total PSS (shared pages "
+                "split among the processes that map them) of the master, its children and, "
+                "with a poisoned master, the template and the hosts.",
+                "",
+                "| master | processes | total PSS MB |",
+                "| --- | --- | --- |",
+            ]
+            for key, label in (("untouched", "untouched"), ("poisoned", "ran a TF op at import")):
+                row = memory[key]
+                kinds = ", ".join(f"{n} {k}" for k, n in row["processes"].items())
+                out.append(f"| {label} | {kinds} | {row['pss_total_mb']:.0f} |")
+            out += ["", f"Ratio poisoned / untouched: {memory['ratio']:.3f}."]
     sc = s.get("scaling")
     if sc:
         out += [

@@ -14,6 +14,7 @@ from forksafe.testing import shm_segments
 
 __all__ = [
     "alive",
+    "carrying",
     "children_of",
     "parent_of",
     "pss_kb",
@@ -104,6 +105,50 @@ def templates() -> set[int]:
         if fields is not None and fields[0] != "Z":
             marked[int(entry)] = int(fields[1])
     return {pid for pid, parent in marked.items() if parent not in marked}
+
+
+def carrying(marker: str) -> dict[int, str]:
+    """Live processes whose environment holds ``marker``, each with its role.
+
+    Roles: ``"template"`` and ``"host"`` (forksafe's, which inherit their
+    creator's environment) or ``"process"``.
+    """
+    needle = marker.encode()
+    found: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle not in f.read():
+                    continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                templated = _TEMPLATE_MARK in f.read()
+        except OSError:
+            continue
+        fields = _stat(int(entry))
+        if fields is None or fields[0] == "Z":
+            continue
+        role = "process"
+        if templated:
+            role = "host" if int(fields[1]) in templates_and_hosts() else "template"
+        found[int(entry)] = role
+    return found
+
+
+def templates_and_hosts() -> set[int]:
+    """Pids of every live process started as a forksafe template (hosts included)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                if _TEMPLATE_MARK in f.read():
+                    found.add(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 def _status_kb(pid: int, field: str, path: str) -> int | None:

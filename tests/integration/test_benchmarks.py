@@ -19,7 +19,7 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     """``python -m benchmarks --quick`` fills every section, every target and RESULTS.md."""
     sections = ["core", "graph", "scaling", "host", "jax"]
     if redis_available():
-        sections.append("celery")
+        sections += ["celery", "pool_memory"]
     elif os.environ.get("CI") == "true":
         pytest.fail("no Redis server on 127.0.0.1:6379 (CI=true: a missing broker is a failure)")
     command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)]
@@ -36,7 +36,7 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     assert set(results["sections"]) == set(sections)
     assert results["machine"]["cpus"] >= 1 and results["versions"]["forksafe"]
     measured = [t for t in results["targets"] if t["value"] != "not measured"]
-    assert len(measured) == len(results["targets"]) - (0 if "celery" in sections else 1)
+    assert len(measured) == len(results["targets"]) - (0 if "celery" in sections else 3)
     core = results["sections"]["core"]
     for model in ("overhead_dense", "overhead_cnn"):
         for row in core[model].values():
@@ -55,3 +55,4 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     assert (tmp_path / "threads.png").stat().st_size > 1000
     if "celery" in sections:
         assert "## Celery on Redis" in text and (tmp_path / "celery.png").exists()
+        assert "## Memory of a pool whose master ran TensorFlow" in text

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.models import Models
+from tests.procs import carrying, pss_kb
 from tests.workers.harness import celery_worker, runs_tensorflow, wait_until_warm, worker_process
 
 pytestmark = pytest.mark.timeout(300)
@@ -168,3 +169,60 @@ def test_child_killed_mid_task_is_answered_by_its_replacement(
     assert answer["pid"] != killed
     assert answer["loads"] == 1  # the replacement loaded its own model
     np.testing.assert_allclose(np.asarray(answer["y"]), reference, atol=1e-5)
+
+
+def _pool_memory(models: Models, tmp: str, poisoned: bool) -> dict[str, Any]:
+    """A prefork -c 4 pool on Redis until all four children answered: its processes' PSS."""
+    from celery import Celery
+
+    from tests.workers.celery_config import close_client, configure
+
+    marker = f"FS_MARKER={uuid.uuid4().hex}"
+    env = {
+        **broker_env("redis", tmp),
+        "FS_MODEL": models.keras,
+        "FS_MARKER": marker.partition("=")[2],
+        **({"FS_PARENT_RUNS_TF": "1"} if poisoned else {}),
+    }
+    queue = f"fs-{uuid.uuid4().hex[:12]}"
+    args = celery_worker("tests.workers.celery_app", "prefork", 4, queue)
+    x, _ = models.reference()
+    log = os.path.join(tmp, f"worker-{poisoned}.log")
+    with worker_process(args, env, log, "ready."):
+        client = configure(Celery("forksafe_client"), env)
+        answered: set[int] = set()
+        for _ in range(20):
+            batch = [
+                client.send_task("fs.predict", args=[x.tolist()], queue=queue) for _ in range(16)
+            ]
+            answers = [result.get(timeout=180) for result in batch]
+            check(answers, models)
+            answered |= {a["pid"] for a in answers}
+            if len(answered) == 4:
+                break
+        close_client(client)
+        assert len(answered) == 4, f"only {len(answered)} children answered"
+        roles = carrying(marker)
+        pss = sum(pss_kb(pid) or 0 for pid in roles) / 1024
+    return {"roles": sorted(roles.values()), "pss_mb": pss}
+
+
+def test_poisoned_prefork_pool_shares_one_template_at_no_extra_memory(
+    models: Models, tmp_path: Any
+) -> None:
+    """A poisoned prefork -c 4 pool: one template, and no more than 1.15x the memory.
+
+    The master ran TensorFlow, so each child's model runs in a host: all four
+    hosts come from one template, and the pool's total PSS stays within 1.15x
+    that of the same pool with an untouched master.
+    """
+    untouched = _pool_memory(models, str(tmp_path), poisoned=False)
+    poisoned = _pool_memory(models, str(tmp_path), poisoned=True)
+    assert untouched["roles"].count("template") == 0
+    assert poisoned["roles"].count("template") == 1, poisoned["roles"]
+    assert poisoned["roles"].count("host") == 4, poisoned["roles"]
+    ratio = poisoned["pss_mb"] / untouched["pss_mb"]
+    print(
+        f"\npool PSS: untouched {untouched['pss_mb']:.0f} MB, poisoned {poisoned['pss_mb']:.0f} MB"
+    )
+    assert ratio <= 1.15, (untouched, poisoned)
