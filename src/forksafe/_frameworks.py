@@ -1,16 +1,21 @@
-"""The one table of frameworks: names, the packages that belong to each, conversions to numpy.
+"""The one table of frameworks: names, packages, runtime probes and hooks, conversions to numpy.
 
 Nothing here imports a framework: every function looks only at modules
-already in ``sys.modules`` or at the type of a value it was given.
+already in ``sys.modules`` or at the type of a value it was given. The
+probes and capture hooks themselves live in ``_probes``, one section per
+framework.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from forksafe import _probes
 
 __all__ = [
     "BACKENDS",
@@ -19,6 +24,7 @@ __all__ = [
     "Framework",
     "backend_of",
     "display",
+    "framework",
     "framework_of_value",
     "to_numpy",
 ]
@@ -33,17 +39,55 @@ class Framework:
             as in ``runtime_state()`` and ``info().backend``.
         display: how messages name it.
         packages: top-level packages whose objects run on this runtime.
+        started: the probe: is the runtime started in this process (cheap,
+            never imports or starts anything).
+        hooks: ``(module, hook)`` pairs: ``hook(module, note)`` runs once
+            that module is imported and arranges for ``note`` to be called
+            where the runtime starts.
+        unrecorded: why a start location can be missing, for messages.
+        avoid: how to keep the parent from starting the runtime, for messages.
     """
 
     name: str
     display: str
     packages: tuple[str, ...]
+    started: Callable[[], bool]
+    hooks: tuple[_probes.Hook, ...]
+    unrecorded: str
+    avoid: str
 
 
+_BEFORE_IMPORT = "it started before forksafe was imported; import forksafe first to record it"
 FRAMEWORKS: tuple[Framework, ...] = (
-    Framework("tensorflow", "TensorFlow", ("tensorflow", "tf_keras")),
-    Framework("jax", "JAX", ("jax", "jaxlib", "flax")),
-    Framework("torch", "PyTorch", ("torch",)),
+    Framework(
+        "tensorflow",
+        "TensorFlow",
+        ("tensorflow", "tf_keras"),
+        _probes.tensorflow_started,
+        _probes.tensorflow_hooks,
+        _BEFORE_IMPORT,
+        "no predict, load_model or other ops at import time",
+    ),
+    Framework(
+        "jax",
+        "JAX",
+        ("jax", "jaxlib", "flax"),
+        _probes.jax_started,
+        _probes.jax_hooks,
+        _BEFORE_IMPORT,
+        "no array ops, jax.devices() or jitted calls before forking",
+    ),
+    Framework(
+        "torch",
+        "PyTorch",
+        ("torch",),
+        _probes.torch_started,
+        _probes.torch_hooks,
+        "torch starts its CPU thread pool in native code, on its first operation large "
+        "enough to split across threads (or its CUDA context on first GPU use)",
+        "no large CPU operations or CUDA work before forking, or run them single-threaded: "
+        "torch.set_num_threads(1) or OMP_NUM_THREADS=1 in the parent",
+    ),
 )
 BACKENDS: tuple[str, ...] = tuple(f.name for f in FRAMEWORKS)
 _BY_NAME = {f.name: f for f in FRAMEWORKS}
@@ -52,6 +96,11 @@ _BY_PACKAGE = {package: f.name for f in FRAMEWORKS for package in f.packages}
 # Modules a host template imports ahead of time when the client has them:
 # a host then costs a fork, not an import.
 PRELOADABLE = ("tensorflow", "keras", "tf_keras", "jax", "torch")
+
+
+def framework(name: str) -> Framework:
+    """The table's row for backend ``name``."""
+    return _BY_NAME[name]
 
 
 def display(name: str) -> str:
