@@ -8,6 +8,7 @@ framework.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -110,7 +111,13 @@ def display(name: str) -> str:
 
 
 def backend_of(model: object) -> str | None:
-    """The framework that runs ``model``, from the package its class comes from."""
+    """The framework that runs ``model``, from the package its class comes from.
+
+    A ``functools.partial`` (a Flax-style ``apply`` with its parameters
+    bound) is judged by the function it wraps.
+    """
+    while isinstance(model, functools.partial):
+        model = model.func
     package = type(model).__module__.partition(".")[0]
     if package == "keras":
         config = getattr(sys.modules.get("keras"), "config", None)
