@@ -42,6 +42,8 @@ class Framework:
         packages: top-level packages whose objects run on this runtime.
         started: the probe: is the runtime started in this process (cheap,
             never imports or starts anything).
+        orphaned: is the runtime's state here but its threads gone, as in a
+            fork child of a parent that ran it before importing forksafe.
         hooks: ``(module, hook)`` pairs: ``hook(module, note)`` runs once
             that module is imported and arranges for ``note`` to be called
             where the runtime starts.
@@ -53,6 +55,7 @@ class Framework:
     display: str
     packages: tuple[str, ...]
     started: Callable[[], bool]
+    orphaned: Callable[[], bool]
     hooks: tuple[_probes.Hook, ...]
     unrecorded: str
     avoid: str
@@ -65,6 +68,7 @@ FRAMEWORKS: tuple[Framework, ...] = (
         "TensorFlow",
         ("tensorflow", "tf_keras"),
         _probes.tensorflow_started,
+        _probes.tensorflow_orphaned,
         _probes.tensorflow_hooks,
         _BEFORE_IMPORT,
         "no predict, load_model or other ops at import time",
@@ -74,6 +78,7 @@ FRAMEWORKS: tuple[Framework, ...] = (
         "JAX",
         ("jax", "jaxlib", "flax"),
         _probes.jax_started,
+        _probes.jax_orphaned,
         _probes.jax_hooks,
         _BEFORE_IMPORT,
         "no array ops, jax.devices() or jitted calls before forking",
@@ -83,6 +88,7 @@ FRAMEWORKS: tuple[Framework, ...] = (
         "PyTorch",
         ("torch",),
         _probes.torch_started,
+        _probes.never,  # the OpenMP pool's state lives in native code only
         _probes.torch_hooks,
         "torch starts its CPU thread pool in native code, on its first operation large "
         "enough to split across threads (or its CUDA context on first GPU use)",

@@ -19,9 +19,12 @@ from typing import Any
 __all__ = [
     "Note",
     "jax_hooks",
+    "jax_orphaned",
     "jax_started",
+    "never",
     "openmp_pool_threads",
     "tensorflow_hooks",
+    "tensorflow_orphaned",
     "tensorflow_started",
     "torch_hooks",
     "torch_started",
@@ -57,6 +60,11 @@ def _threads_named(prefix: str) -> bool:
     handle; their native threads are invisible to ``threading``.
     """
     return any((_comm(tid) or "").startswith(prefix) for tid in _tasks())
+
+
+def never() -> bool:
+    """For a framework whose inherited state this process cannot see."""
+    return False
 
 
 def _openmp_ranges() -> list[tuple[int, int]]:
@@ -137,15 +145,27 @@ def openmp_pool_threads() -> int:
 # -- TensorFlow ---------------------------------------------------------------
 
 
+def _tf_context_handle() -> bool:
+    ctx_module = sys.modules.get("tensorflow.python.eager.context")
+    ctx = getattr(ctx_module, "_context", None)
+    return ctx is not None and getattr(ctx, "_context_handle", None) is not None
+
+
 def tensorflow_started() -> bool:
     """TF's eager context exists, or a TF1 session's ``tf_*`` threads run."""
     if "tensorflow" not in sys.modules:
         return False
-    ctx_module = sys.modules.get("tensorflow.python.eager.context")
-    ctx = getattr(ctx_module, "_context", None)
-    if ctx is not None and getattr(ctx, "_context_handle", None) is not None:
-        return True
-    return _threads_named("tf_")
+    return _tf_context_handle() or _threads_named("tf_")
+
+
+def tensorflow_orphaned() -> bool:
+    """TF's eager context exists but none of its ``tf_*`` threads: a fork child's state.
+
+    What a process inherits from a parent that ran TensorFlow before forking,
+    with forksafe imported only after the fork (measured: the parent has
+    ``tf_Compute`` and ``tf_graph_runner`` threads from its first op on).
+    """
+    return "tensorflow" in sys.modules and _tf_context_handle() and not _threads_named("tf_")
 
 
 def _capture_first_call(owner: Any, attr: str, backend: str, note: Note) -> None:
@@ -204,6 +224,22 @@ def _on_xla_bridge_import(module: Any, note: Note) -> None:
     probe = getattr(module, "backends_are_initialized", None)
     if callable(probe) and not probe():
         _capture_first_call(module, "backends", "jax", note)
+
+
+def jax_orphaned() -> bool:
+    """JAX's CPU backend is initialised but XLA's CPU pool (``tf_XLAEigen``) has no thread.
+
+    A fork child's state, as for TensorFlow: XLA starts that pool with the
+    CPU backend (measured with JAX 0.10.2). Without a CPU backend
+    (``JAX_PLATFORMS=cuda``) nothing can be told.
+    """
+    backends = getattr(sys.modules.get("jax._src.xla_bridge"), "_backends", None)
+    return (
+        isinstance(backends, dict)
+        and "cpu" in backends
+        and jax_started()
+        and not _threads_named("tf_XLA")
+    )
 
 
 jax_hooks: tuple[Hook, ...] = (("jax._src.xla_bridge", _on_xla_bridge_import),)

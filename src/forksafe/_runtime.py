@@ -150,8 +150,25 @@ def install_capture_hooks() -> None:
             wrapt.register_post_import_hook(_with_note(hook), module)
 
 
-def _started_here(name: str) -> bool:
+def _orphan(name: str) -> bool:
+    """Whether ``name`` was inherited from a parent that never imported forksafe (recorded once).
+
+    Such a parent's fork hooks never ran, so nothing was recorded; the
+    runtime's state shows it instead (see ``Framework.orphaned``). The
+    parent is taken to be the direct parent.
+    """
     if name in _inherited:
+        return True
+    start = _starts.get(name)
+    if (start is not None and start.pid == os.getpid()) or not framework(name).orphaned():
+        return False
+    with _capture_lock:
+        _inherited.setdefault(name, _Start(os.getppid(), None))
+    return True
+
+
+def _started_here(name: str) -> bool:
+    if _orphan(name):
         return False
     if not framework(name).started():
         return False
@@ -165,7 +182,7 @@ def inherited(names: Iterable[str] = BACKENDS) -> dict[str, _Start]:
     """The runtimes among ``names`` that this process inherited from a started parent."""
     found: dict[str, _Start] = {}
     for name in names:
-        record = _inherited.get(name)
+        record = _inherited.get(name) if _orphan(name) else None
         if record is None:
             start = _starts.get(name)
             if start is not None and start.pid != os.getpid() and framework(name).started():
@@ -182,6 +199,8 @@ def before_fork(loading: Iterable[str] = ()) -> None:
     framework caught halfway through its start-up is treated as started,
     since its locks may be held by a thread the child will not have.
     """
+    for name in BACKENDS:
+        _orphan(name)
     snapshot = dict(_inherited)
     loads = list(loading)
     for name in BACKENDS:

@@ -6,6 +6,8 @@ before the framework, as a user's worker module would.
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 
 import forksafe
 from tests import scenarios
-from tests.helpers import run_clean
+from tests.helpers import run_clean, run_python
 
 pytestmark = pytest.mark.timeout(300)
 TORCH = pytest.mark.needs("torch")
@@ -158,3 +160,90 @@ def test_torch_state_dict_from_a_host_holds_numpy() -> None:
     """Every tensor in a host's answer arrives as numpy, whatever mapping holds it."""
     result = run_clean(scenarios.hosted_torch_tensors, spawn=True, timeout=240).get()
     assert set(result["state"].values()) == {"numpy"}
+
+
+# The parent runs the framework and forks without ever importing forksafe (a
+# Spark Python daemon, any process manager that runs the framework first);
+# only the child imports it.
+LATE_IMPORT = """
+import json, multiprocessing, os, sys, time
+{start}
+import numpy as np
+
+def child(conn):
+    import warnings
+    import forksafe
+    from tests.models import SEED, numpy_forward, {factory}
+    x = np.random.default_rng(SEED + 1).standard_normal((8, 4)).astype("float32")
+    out = {{"state": forksafe.runtime_state().{name}.__dict__}}
+    start = time.monotonic()
+    try:
+        forksafe.lazy_model({factory}, isolation="inprocess")(x)
+        out["inprocess"] = None
+    except forksafe.InheritedRuntimeError as exc:
+        out["inprocess"] = str(exc)
+    out["inprocess_seconds"] = time.monotonic() - start
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", forksafe.ForkSafeWarning)
+        auto = forksafe.lazy_model({factory})
+        y = np.asarray(auto(x))
+    out["auto_error"] = float(np.abs(y - numpy_forward(x)).max())
+    out["auto_in_effect"] = forksafe.info(auto).in_effect
+    out["pid"] = os.getpid()
+    conn.send(out)
+
+receiver, sender = multiprocessing.Pipe(duplex=False)
+process = multiprocessing.get_context("fork").Process(target=child, args=(sender,))
+process.start()
+answer = receiver.recv() if receiver.poll(60) else None
+process.kill()
+process.join()
+print(json.dumps({{"parent_pid": os.getpid(), "child": answer}}))
+"""
+STARTS = {
+    "tensorflow": ("import tensorflow as tf\ntf.constant(1.0) + 1", "build_keras"),
+    "jax": ("import jax.numpy as jnp\njnp.ones(3).block_until_ready()", "build_jax"),
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("tensorflow", marks=pytest.mark.needs("tensorflow", "keras")),
+        pytest.param("jax", marks=JAX),
+    ],
+)
+def test_parent_that_ran_the_framework_before_importing_forksafe_is_detected(name: str) -> None:
+    """The child sees the runtime's state set but its threads gone: inherited, not started."""
+    start, factory = STARTS[name]
+    code = LATE_IMPORT.format(start=start, factory=factory, name=name)
+    env = {"KERAS_BACKEND": "tensorflow", "PYTHONPATH": os.getcwd()}
+    result = json.loads(run_python(code, timeout=240, **env).splitlines()[-1])
+    child = result["child"]
+    assert child is not None, "the child hung (killed after 60 s)"
+    assert child["state"]["inherited"] and not child["state"]["started"]
+    assert child["state"]["parent_pid"] == result["parent_pid"]
+    assert child["inprocess"] is not None and child["inprocess_seconds"] < 5.0
+    assert "before forksafe was imported" in child["inprocess"]
+    assert child["auto_in_effect"] == "process"
+    assert child["auto_error"] < 1e-5
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("tensorflow", marks=pytest.mark.needs("tensorflow")),
+        pytest.param("jax", marks=JAX),
+        pytest.param("torch", marks=TORCH),
+    ],
+)
+def test_process_that_ran_the_framework_before_importing_forksafe_started_it(name: str) -> None:
+    """No false positive: the runtime's threads are here, so it started here, not inherited."""
+    start = {
+        **{key: value[0] for key, value in STARTS.items()},
+        "torch": "import torch\na = torch.randn(1000, 1000)\n_ = a @ a",
+    }[name]
+    code = f"{start}\nimport forksafe\nstate = forksafe.runtime_state().{name}\n"
+    code += "print(state.started, state.inherited)"
+    out = run_python(code, timeout=120).splitlines()[-1]
+    assert out == "True False"
