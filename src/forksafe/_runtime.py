@@ -73,7 +73,7 @@ class RuntimeState:
         pid: the process this describes.
         tensorflow: TensorFlow (Keras 3 on TensorFlow, tf_keras).
         jax: JAX (also Keras 3 with the JAX backend).
-        torch: PyTorch; only its CUDA context counts as a started runtime.
+        torch: PyTorch: its CPU thread pool (OpenMP) or its CUDA context.
     """
 
     pid: int
