@@ -67,8 +67,24 @@ def never() -> bool:
     return False
 
 
+_omp_ranges: list[tuple[int, int]] | None = None
+
+
 def _openmp_ranges() -> list[tuple[int, int]]:
-    """Executable mappings of an OpenMP runtime (torch's bundled libgomp, or libomp)."""
+    """Executable mappings of an OpenMP runtime (torch's bundled libgomp, or libomp).
+
+    Kept once found (reading the maps of a process with torch costs ~0.7 ms):
+    torch's libraries load its OpenMP runtime at import and never unload it,
+    and a fork child has the same mappings.
+    """
+    global _omp_ranges
+    if _omp_ranges:
+        return _omp_ranges
+    _omp_ranges = _read_openmp_ranges()
+    return _omp_ranges
+
+
+def _read_openmp_ranges() -> list[tuple[int, int]]:
     ranges = []
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
