@@ -102,10 +102,16 @@ def _read_openmp_ranges() -> list[tuple[int, int]]:
 
 
 def _program_counter(tid: str) -> int | None:
-    """Where thread ``tid`` is blocked in a system call; ``-1`` while it runs; else ``None``."""
+    """Where thread ``tid`` waits in a system call (its program counter).
+
+    ``-1`` while it runs, ``-2`` once it has exited, ``None`` where /proc
+    does not tell.
+    """
     try:
         with open(f"/proc/self/task/{tid}/syscall", encoding="ascii") as f:
             fields = f.read().split()
+    except (FileNotFoundError, ProcessLookupError):
+        return -2
     except OSError:
         return None
     if not fields:
@@ -132,8 +138,9 @@ def openmp_pool_threads() -> int:
     x86-64), so its program counter lies in the runtime's mapping: threads
     of other native libraries (XLA's, OpenBLAS's, TensorFlow's) sleep
     elsewhere, and Python's own threads are never counted. A worker still
-    spinning after a region is waited for, briefly; one that keeps running
-    counts if it appeared after torch's import.
+    spinning after a region is waited for, briefly; one that keeps running,
+    or whose system call cannot be read, counts if it appeared after torch's
+    import.
     """
     python = {t.native_id for t in threading.enumerate()}
     python.add(os.getpid())
@@ -151,9 +158,13 @@ def openmp_pool_threads() -> int:
                 break
             time.sleep(0.001)
             pc = _program_counter(tid)
-        if pc == -1:
+        if pc == -2:
+            continue
+        if pc is None or pc == -1:
+            # Still running, or /proc does not say where it waits: count it if
+            # it is newer than torch (the safe side: a host, not a hang).
             found += _torch_baseline is not None and tid not in _torch_baseline
-        elif pc is not None and any(low <= pc < high for low, high in ranges):
+        elif any(low <= pc < high for low, high in ranges):
             found += 1
     return found
 
