@@ -26,7 +26,7 @@ __all__ = ["BackendState", "RuntimeState", "runtime_state"]
 # Frames from these packages are the framework's own; the start location we
 # report is the first frame outside them.
 _INTERNAL_PACKAGES = (
-    *(package for framework in FRAMEWORKS for package in framework.packages),
+    *(package for row in FRAMEWORKS for package in row.packages),
     "keras",
     "wrapt",
     "h5py",
