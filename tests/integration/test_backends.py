@@ -1,7 +1,9 @@
 """torch and JAX without Keras: plain models behind proxies, and parents that ran them, forked.
 
 Each scenario runs in a freshly spawned interpreter that imports forksafe
-before the framework, as a user's worker module would.
+before the framework, as a user's worker module would; the late-import tests
+run a fresh interpreter that runs the framework first and forks without
+forksafe, as a Spark daemon would.
 """
 
 from __future__ import annotations
