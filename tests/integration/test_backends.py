@@ -9,7 +9,6 @@ forksafe, as a Spark daemon would.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
@@ -18,6 +17,7 @@ import pytest
 import forksafe
 from tests import scenarios
 from tests.helpers import run_clean, run_python
+from tests.workers.harness import ROOT
 
 pytestmark = pytest.mark.timeout(300)
 TORCH = pytest.mark.needs("torch")
@@ -219,7 +219,7 @@ def test_parent_that_ran_the_framework_before_importing_forksafe_is_detected(nam
     """The child sees the runtime's state set but its threads gone: inherited, not started."""
     start, factory = STARTS[name]
     code = LATE_IMPORT.format(start=start, factory=factory, name=name)
-    env = {"KERAS_BACKEND": "tensorflow", "PYTHONPATH": os.getcwd()}
+    env = {"KERAS_BACKEND": "tensorflow", "PYTHONPATH": ROOT}
     result = json.loads(run_python(code, timeout=240, **env).splitlines()[-1])
     child = result["child"]
     assert child is not None, "the child hung (killed after 60 s)"
