@@ -1,7 +1,11 @@
 """Developer sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``stress``,
 ``bench``.
 
-nox's default is ``lint``, ``typecheck`` and ``tests``.
+nox's default is ``lint``, ``typecheck`` and ``tests``. ``tests`` runs once per
+Keras backend: ``nox -s "tests(backend='tensorflow')"`` runs the whole suite,
+``nox -s "tests(backend='jax')"`` and ``"tests(backend='torch')"`` the part whose
+outcome depends on the backend (``-m backend_suite``, see tests/conftest.py),
+as CI does; arguments after ``--`` replace that selection.
 """
 
 from __future__ import annotations
@@ -11,11 +15,19 @@ import nox
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.default_venv_backend = "venv"
 
+# torch pinned to the CPU wheel this project's machines carry: an unpinned
+# torch downloads several GB of CUDA libraries.
+FRAMEWORKS = ["jax", "torch==2.13.0"]
+
 
 @nox.session
-def tests(session: nox.Session) -> None:
-    session.install("-e", ".[test]")
-    session.run("python", "-m", "pytest", *session.posargs)
+@nox.parametrize("backend", ["tensorflow", "jax", "torch"])
+def tests(session: nox.Session, backend: str) -> None:
+    session.install("-e", ".[test]", *FRAMEWORKS)
+    selection = [] if backend == "tensorflow" else ["-m", "backend_suite"]
+    session.run(
+        "python", "-m", "pytest", *(session.posargs or selection), env={"KERAS_BACKEND": backend}
+    )
 
 
 @nox.session

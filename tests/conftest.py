@@ -1,19 +1,80 @@
-"""Shared fixtures: the tiny model files, built once per session in a clean process."""
+"""Shared fixtures and backend markers.
+
+The suite runs under any Keras backend (``KERAS_BACKEND=tensorflow|jax|torch``,
+or ``nox -s "tests(backend='jax')"``). Two markers say what a test needs:
+
+- ``@pytest.mark.needs("torch")``: the package must be importable; without
+  it the test is skipped, except under ``CI=true``, where it fails.
+- ``@pytest.mark.keras_backend("tensorflow")``: the test is about Keras on
+  that backend (a SavedModel, tf_keras next to Keras); it runs only in that
+  backend's run of the suite.
+
+Tests under ``BACKEND_SUITE`` are marked ``backend_suite``: the part of the
+suite whose outcome depends on Keras' backend, which CI and
+``nox -s "tests(backend='jax')"`` run under JAX and torch (``-m backend_suite``)
+besides the whole suite under TensorFlow.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
 
 from tests.helpers import run_clean
-from tests.models import Models, build_all
+from tests.models import KERAS_BACKEND, Models, build_all
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+# Relative to tests/: fork and host behaviour, the proxy itself, transparency.
+BACKEND_SUITE = (
+    "unit",
+    "integration/test_fork.py",
+    "integration/test_host.py",
+    "transparency",
+)
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the backend markers."""
+    config.addinivalue_line(
+        "markers", "needs(*packages): skip unless the packages import (fail under CI=true)"
+    )
+    config.addinivalue_line(
+        "markers", "keras_backend(name): run only when Keras' backend is name (KERAS_BACKEND)"
+    )
+    config.addinivalue_line(
+        "markers", "backend_suite: what CI also runs under JAX and torch (see tests/conftest.py)"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests under ``BACKEND_SUITE``."""
+    roots = tuple(os.path.join(_TESTS, path) for path in BACKEND_SUITE)
+    for item in items:
+        path = str(item.path)
+        if any(path == root or path.startswith(root + os.sep) for root in roots):
+            item.add_marker(pytest.mark.backend_suite)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip (or, for a missing package under CI, fail) what this run cannot test."""
+    for marker in item.iter_markers("keras_backend"):
+        if KERAS_BACKEND not in marker.args:
+            pytest.skip(f"about Keras on {'/'.join(marker.args)}; this run uses {KERAS_BACKEND}")
+    for marker in item.iter_markers("needs"):
+        missing = [name for name in marker.args if importlib.util.find_spec(name) is None]
+        if missing:
+            message = f"needs {', '.join(missing)} (pip install {' '.join(missing)})"
+            if os.environ.get("CI") == "true":
+                pytest.fail(message + ": CI must install it", pytrace=False)
+            pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     """Every model format with its reference data, built outside the test process."""
     directory = str(tmp_path_factory.mktemp("models"))
-    return run_clean(build_all, directory, timeout=180).get()  # type: ignore[no-any-return]
+    return run_clean(build_all, directory, timeout=180, spawn=True).get()  # type: ignore[no-any-return]

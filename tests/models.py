@@ -16,6 +16,8 @@ from forksafe._tiny import numpy_forward as tiny_forward
 from forksafe._tiny import tiny_weights
 
 SEED = 20261122
+# The Keras backend this run of the suite uses (``nox -s "tests(backend='jax')"`` sets it).
+KERAS_BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,45 @@ def build_keras(name: str = "tiny") -> Any:
     return model
 
 
+def build_torch() -> Any:
+    """The tiny model as a plain torch ``nn.Module`` (no Keras), with the seeded weights."""
+    import torch
+
+    w1, b1, w2, b2 = weights()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        for layer, (w, b) in zip((model[0], model[2]), ((w1, b1), (w2, b2)), strict=True):
+            layer.weight.copy_(torch.from_numpy(w.T.copy()))
+            layer.bias.copy_(torch.from_numpy(b))
+    return model.eval()
+
+
+def jax_apply(params: list[Any], x: Any) -> Any:
+    """The tiny model as a pure JAX function of its parameters (Flax-style ``apply``)."""
+    import jax.numpy as jnp
+
+    w1, b1, w2, b2 = params
+    return jnp.maximum(x @ w1 + b1, 0.0) @ w2 + b2
+
+
+def build_jax() -> Any:
+    """A jitted ``jax_apply`` with the seeded parameters bound: ``model(x)`` predicts."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    return functools.partial(jax.jit(jax_apply), [jnp.asarray(w) for w in weights()])
+
+
 def build_all(directory: str) -> Models:
-    """Write every model file into ``directory`` (run in a throwaway process)."""
+    """Write every model file into ``directory`` (run in a fresh interpreter).
+
+    Always with Keras on TensorFlow, whatever backend the suite runs under:
+    ``.keras`` and ``.h5`` files load under every backend, and the
+    SavedModel export and tf_keras need TensorFlow.
+    """
+    os.environ["KERAS_BACKEND"] = "tensorflow"
     import keras
     import tf_keras
 

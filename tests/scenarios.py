@@ -19,6 +19,16 @@ from tests.helpers import fork_call
 from tests.models import Models
 
 CHILD_TIMEOUT = 30.0
+# An op on the suite's Keras backend starts its runtime: any op for TensorFlow
+# and JAX, one large enough to split across torch's CPU pool for torch.
+BIG = (1000, 1000)
+
+
+def start_runtime() -> None:
+    """Run one large matmul through Keras (whatever its backend)."""
+    import keras
+
+    keras.ops.convert_to_numpy(keras.ops.matmul(keras.ops.ones(BIG), keras.ops.ones(BIG)))
 
 
 class NumpyModel:
@@ -68,13 +78,13 @@ def untouched_parent(models: Models) -> dict[str, Any]:
 
 
 def touched_parent(models: Models) -> dict[str, Any]:
-    """Parent ran one TensorFlow op before forking; the child must fail fast."""
+    """Parent ran one framework op before forking; the child must fail fast."""
     import keras
 
     x, _ = models.reference()
     proxy = forksafe.load_model(models.keras, isolation="inprocess")
     line = sys._getframe().f_lineno + 1
-    keras.ops.convert_to_tensor(x) + 1.0
+    keras.ops.convert_to_numpy(keras.ops.matmul(keras.ops.ones(BIG), keras.ops.ones(BIG)))
     outcome = fork_call(use_in_child, proxy, x, timeout=CHILD_TIMEOUT)
     return {
         "error": outcome.error,
@@ -179,7 +189,8 @@ def child_of_untouched_child(models: Models) -> dict[str, Any]:
 
     def child() -> dict[str, Any]:
         clean = fork_call(use_in_child, proxy, x, timeout=CHILD_TIMEOUT)
-        proxy.predict_on_batch(x)  # the child now starts TensorFlow itself
+        proxy.predict_on_batch(x)
+        start_runtime()  # the child now starts the runtime itself (torch: its pool)
         poisoned = fork_call(use_in_child, proxy, x, timeout=CHILD_TIMEOUT)
         return {"clean": clean.get(), "poisoned": poisoned.error, "child_pid": os.getpid()}
 
@@ -365,6 +376,7 @@ def poisoned_child_isolations(models: Models) -> dict[str, Any]:
     x, _ = models.reference()
     bare = keras.models.load_model(models.keras)
     reference = bare.predict(x, verbose=0)
+    start_runtime()  # predict started TensorFlow and JAX; torch needs a large op
     proxies = {
         iso: forksafe.load_model(models.keras, isolation=iso)
         for iso in ("auto", "process", "inprocess")
@@ -385,11 +397,186 @@ def poisoned_child_isolations(models: Models) -> dict[str, Any]:
             except forksafe.InheritedRuntimeError as exc:
                 out["inprocess"] = exc
         out["warnings"] = [(w.category.__name__, str(w.message)) for w in caught]
-        out["tf_started_here"] = forksafe.runtime_state().tensorflow.started
+        out["started_here"] = forksafe.runtime_state()
         return out
 
     return {
         "reference": reference,
         "parent_pid": os.getpid(),
         "child": fork_call(child, timeout=120).get(),
+    }
+
+
+# -- plain torch and JAX models ------------------------------------------------
+
+ISOLATIONS = ("auto", "process", "inprocess")
+
+
+def as_numpy(value: Any) -> np.ndarray:
+    """A model's answer as numpy: in-process torch answers are tensors that need grad."""
+    detach = getattr(value, "detach", None)
+    return np.asarray(detach() if callable(detach) else value)
+
+
+def big_torch_op() -> None:
+    """A matmul large enough for torch to split across its OpenMP pool (which it starts)."""
+    import torch
+
+    a = torch.randn(1000, 1000)
+    _ = a @ a
+
+
+def _parent_runs(parent_did: str) -> int | None:
+    """Do ``parent_did`` with torch (and maybe JAX) here; the line that starts a runtime."""
+    import torch
+
+    line = None
+    if parent_did == "large op":
+        line = sys._getframe().f_lineno + 1
+        big_torch_op()
+    elif parent_did == "small op":
+        _ = torch.ones(100) + 1
+    elif parent_did == "large op in a finished thread":
+        thread = threading.Thread(target=big_torch_op)
+        thread.start()
+        thread.join(60)
+    elif parent_did == "large op, one thread":
+        torch.set_num_threads(1)
+        big_torch_op()
+    elif parent_did == "JAX op":
+        import jax.numpy as jnp
+
+        line = sys._getframe().f_lineno + 1
+        jnp.ones(3).block_until_ready()
+    return line
+
+
+def _use_each(proxies: dict[str, Any], x: Any) -> dict[str, Any]:
+    """In a fork child: call each proxy; record answers, errors, timings and warnings."""
+    import warnings
+
+    out: dict[str, Any] = {"pid": os.getpid()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for iso, proxy in proxies.items():
+            start = time.monotonic()
+            try:
+                out[iso] = as_numpy(proxy(x))
+            except forksafe.ForkSafeError as exc:
+                out[iso] = exc
+            out[f"{iso}_seconds"] = time.monotonic() - start
+            out[f"{iso}_info"] = forksafe.info(proxy)
+    out["warnings"] = [str(w.message) for w in caught if w.category is forksafe.ForkSafeWarning]
+    out["state"] = forksafe.runtime_state()
+    return out
+
+
+def torch_parent(parent_did: str) -> dict[str, Any]:
+    """Parent imports forksafe then torch and does ``parent_did``; a child uses each isolation.
+
+    The proxies hold a plain ``nn.Module`` built by a factory, called with a
+    torch tensor.
+    """
+    import torch
+
+    from tests.models import SEED, build_torch, numpy_forward
+
+    x = np.random.default_rng(SEED + 1).standard_normal((8, 4)).astype("float32")
+    proxies = {iso: forksafe.lazy_model(build_torch, isolation=iso) for iso in ISOLATIONS}
+    line = _parent_runs(parent_did)
+    child = fork_call(_use_each, proxies, torch.from_numpy(x), timeout=120).get()
+    return {
+        "reference": numpy_forward(x),
+        "parent_pid": os.getpid(),
+        "parent_state": forksafe.runtime_state(),
+        "threads": torch.get_num_threads(),
+        "where": f"{__file__}:{line}",
+        "child": child,
+    }
+
+
+def torch_child_large_op(one_thread: bool) -> dict[str, Any]:
+    """Without forksafe: the parent ran a large op; whether a child can run another."""
+    import torch
+
+    big_torch_op()
+
+    def child() -> bool:
+        if one_thread:
+            torch.set_num_threads(1)
+        big_torch_op()
+        return True
+
+    try:
+        return {"done": fork_call(child, timeout=5).get(), "threads": torch.get_num_threads()}
+    except AssertionError as exc:  # ChildTimeout: the child hung and was killed
+        return {"done": False, "hung": str(exc), "threads": torch.get_num_threads()}
+
+
+def jax_parent(parent_ran_jax: bool) -> dict[str, Any]:
+    """Parent imports forksafe then JAX; a child uses a JAX-function model each way."""
+    from tests.models import SEED, build_jax, numpy_forward
+
+    x = np.random.default_rng(SEED + 1).standard_normal((8, 4)).astype("float32")
+    proxies = {iso: forksafe.lazy_model(build_jax, isolation=iso) for iso in ISOLATIONS}
+    line = _parent_runs("JAX op") if parent_ran_jax else None
+    child = fork_call(_use_each, proxies, x, timeout=120).get()
+    return {
+        "reference": numpy_forward(x),
+        "parent_pid": os.getpid(),
+        "parent_state": forksafe.runtime_state(),
+        "where": f"{__file__}:{line}",
+        "child": child,
+    }
+
+
+def spawned_factory_model(name: str) -> dict[str, Any]:
+    """A proxy of a torch or JAX factory, pickled to a spawn worker: it loads there."""
+    import multiprocessing
+
+    from tests import models
+
+    factory = {"torch": models.build_torch, "jax": models.build_jax}[name]
+    x = np.random.default_rng(models.SEED + 1).standard_normal((8, 4)).astype("float32")
+    proxy = forksafe.lazy_model(factory)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        answer = pool.apply_async(call_in_worker, (proxy, x, name == "torch")).get(timeout=120)
+    return {
+        "answer": answer,
+        "reference": models.numpy_forward(x),
+        "parent_loaded": forksafe.info(proxy).loaded,
+        "parent_state": forksafe.runtime_state(),
+    }
+
+
+def call_in_worker(proxy: Any, x: np.ndarray, as_tensor: bool) -> dict[str, Any]:
+    """In a spawn worker: call the proxy that arrived pickled."""
+    before = forksafe.info(proxy)
+    if as_tensor:
+        import torch
+
+        y = as_numpy(proxy(torch.from_numpy(x)))
+    else:
+        y = as_numpy(proxy(x))
+    return {"before": before, "after": forksafe.info(proxy), "y": y, "pid": os.getpid()}
+
+
+def hosted_torch_tensors() -> dict[str, Any]:
+    """A torch model in a host: tensors that need grad go in; numpy comes back."""
+    import torch
+
+    from tests.models import SEED, build_torch, numpy_forward
+
+    x = np.random.default_rng(SEED + 1).standard_normal((8, 4)).astype("float32")
+    proxy = forksafe.lazy_model(build_torch, isolation="process", timeout=60)
+    tensor = torch.from_numpy(x).requires_grad_()
+    y = proxy(tensor)
+    state = proxy.state_dict()  # an OrderedDict of parameters
+    return {
+        "y": y,
+        "state": {key: type(value).__module__ for key, value in state.items()},
+        "reference": numpy_forward(x),
+        "backend": forksafe.info(proxy).backend,
+        "host_pid": forksafe.info(proxy).host_pid,
+        "pid": os.getpid(),
     }

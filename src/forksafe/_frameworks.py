@@ -1,16 +1,22 @@
-"""The one table of frameworks: names, the packages that belong to each, conversions to numpy.
+"""The one table of frameworks: names, packages, runtime probes and hooks, conversions to numpy.
 
 Nothing here imports a framework: every function looks only at modules
-already in ``sys.modules`` or at the type of a value it was given.
+already in ``sys.modules`` or at the type of a value it was given. The
+probes and capture hooks themselves live in ``_probes``, one section per
+framework.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from forksafe import _probes
 
 __all__ = [
     "BACKENDS",
@@ -20,6 +26,7 @@ __all__ = [
     "backend_of",
     "concurrent_calls",
     "display",
+    "framework",
     "framework_of_value",
     "to_numpy",
 ]
@@ -34,6 +41,15 @@ class Framework:
             as in ``runtime_state()`` and ``info().backend``.
         display: how messages name it.
         packages: top-level packages whose objects run on this runtime.
+        started: the probe: is the runtime started in this process (cheap,
+            never imports or starts anything).
+        orphaned: is the runtime's state here but its threads gone, as in a
+            fork child of a parent that ran it before importing forksafe.
+        hooks: ``(module, hook)`` pairs: ``hook(module, note)`` runs once
+            that module is imported and arranges for ``note`` to be called
+            where the runtime starts.
+        unrecorded: why a start location can be missing, for messages.
+        avoid: how to keep the parent from starting the runtime, for messages.
         concurrent_calls: one model may be called from several threads at
             once. Keras on JAX may not: its calls donate the variables'
             buffers, and a concurrent call then finds them deleted.
@@ -42,13 +58,49 @@ class Framework:
     name: str
     display: str
     packages: tuple[str, ...]
+    started: Callable[[], bool]
+    orphaned: Callable[[], bool]
+    hooks: tuple[_probes.Hook, ...]
+    unrecorded: str
+    avoid: str
     concurrent_calls: bool = True
 
 
+_BEFORE_IMPORT = "it started before forksafe was imported; import forksafe first to record it"
 FRAMEWORKS: tuple[Framework, ...] = (
-    Framework("tensorflow", "TensorFlow", ("tensorflow", "tf_keras")),
-    Framework("jax", "JAX", ("jax", "jaxlib", "flax"), concurrent_calls=False),
-    Framework("torch", "PyTorch", ("torch",)),
+    Framework(
+        "tensorflow",
+        "TensorFlow",
+        ("tensorflow", "tf_keras"),
+        _probes.tensorflow_started,
+        _probes.tensorflow_orphaned,
+        _probes.tensorflow_hooks,
+        _BEFORE_IMPORT,
+        "no predict, load_model or other ops at import time",
+    ),
+    Framework(
+        "jax",
+        "JAX",
+        ("jax", "jaxlib", "flax"),
+        _probes.jax_started,
+        _probes.jax_orphaned,
+        _probes.jax_hooks,
+        _BEFORE_IMPORT,
+        "no array ops, jax.devices() or jitted calls before forking",
+        concurrent_calls=False,
+    ),
+    Framework(
+        "torch",
+        "PyTorch",
+        ("torch",),
+        _probes.torch_started,
+        _probes.never,  # the OpenMP pool's state lives in native code only
+        _probes.torch_hooks,
+        "torch starts its CPU thread pool in native code, on its first operation large "
+        "enough to split across threads (or its CUDA context on first GPU use)",
+        "no large CPU operations or CUDA work before forking, or run them single-threaded: "
+        "torch.set_num_threads(1) or OMP_NUM_THREADS=1 in the parent",
+    ),
 )
 BACKENDS: tuple[str, ...] = tuple(f.name for f in FRAMEWORKS)
 _BY_NAME = {f.name: f for f in FRAMEWORKS}
@@ -59,6 +111,11 @@ _BY_PACKAGE = {package: f.name for f in FRAMEWORKS for package in f.packages}
 PRELOADABLE = ("tensorflow", "keras", "tf_keras", "jax", "torch")
 
 
+def framework(name: str) -> Framework:
+    """The table's row for backend ``name``."""
+    return _BY_NAME[name]
+
+
 def display(name: str) -> str:
     """The name messages use for backend ``name``."""
     framework = _BY_NAME.get(name)
@@ -66,7 +123,13 @@ def display(name: str) -> str:
 
 
 def backend_of(model: object) -> str | None:
-    """The framework that runs ``model``, from the package its class comes from."""
+    """The framework that runs ``model``, from the package its class comes from.
+
+    A ``functools.partial`` (a Flax-style ``apply`` with its parameters
+    bound) is judged by the function it wraps.
+    """
+    while isinstance(model, functools.partial):
+        model = model.func
     package = type(model).__module__.partition(".")[0]
     if package == "keras":
         config = getattr(sys.modules.get("keras"), "config", None)

@@ -1,10 +1,11 @@
 """Which framework runtimes this process started, and which it inherited across a fork.
 
 A runtime is *started* once it owns native thread pools (TensorFlow's eager
-context or a TF1 session, JAX's XLA backends, torch's CUDA context). A fork
-child of a process that had started one inherits the memory but not the
-threads, so any later framework work in the child hangs. Nothing here imports
-a framework: every probe looks only at modules already in ``sys.modules``.
+context or a TF1 session, JAX's XLA backends, torch's CPU thread pool or CUDA
+context). A fork child of a process that had started one inherits the memory
+but not the threads, so any later framework work in the child hangs. Nothing
+here imports a framework: every probe (see ``_probes``) looks only at modules
+already in ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from types import FrameType
 from typing import Any
 
 from forksafe import _forking
-from forksafe._frameworks import BACKENDS, display
+from forksafe._frameworks import BACKENDS, FRAMEWORKS, display, framework
+from forksafe._probes import Note
 from forksafe._scopes import continued_from
 
 __all__ = ["BackendState", "RuntimeState", "runtime_state"]
@@ -26,12 +28,8 @@ __all__ = ["BackendState", "RuntimeState", "runtime_state"]
 # Frames from these packages are the framework's own; the start location we
 # report is the first frame outside them.
 _INTERNAL_PACKAGES = (
-    "tensorflow",
-    "tf_keras",
+    *(package for row in FRAMEWORKS for package in row.packages),
     "keras",
-    "jax",
-    "jaxlib",
-    "torch",
     "wrapt",
     "h5py",
     "numpy",
@@ -77,7 +75,7 @@ class RuntimeState:
         pid: the process this describes.
         tensorflow: TensorFlow (Keras 3 on TensorFlow, tf_keras).
         jax: JAX (also Keras 3 with the JAX backend).
-        torch: PyTorch; only its CUDA context counts as a started runtime.
+        torch: PyTorch: its CPU thread pool (OpenMP) or its CUDA context.
     """
 
     pid: int
@@ -95,54 +93,6 @@ class RuntimeState:
         """The backends whose runtime this process inherited from a parent."""
         return tuple(b for b in self.backends if b.inherited)
 
-
-def _threads_named(prefix: str) -> bool:
-    """Whether a native thread of this process has a name starting with ``prefix``.
-
-    TF1 sessions start ``tf_*`` pools without setting the eager context
-    handle; their native threads are invisible to ``threading``.
-    """
-    try:
-        tasks = os.listdir("/proc/self/task")
-    except OSError:
-        return False
-    for tid in tasks:
-        try:
-            with open(f"/proc/self/task/{tid}/comm", encoding="utf-8", errors="replace") as f:
-                if f.read().startswith(prefix):
-                    return True
-        except OSError:
-            continue
-    return False
-
-
-def _tensorflow_started() -> bool:
-    if "tensorflow" not in sys.modules:
-        return False
-    ctx_module = sys.modules.get("tensorflow.python.eager.context")
-    ctx = getattr(ctx_module, "_context", None)
-    if ctx is not None and getattr(ctx, "_context_handle", None) is not None:
-        return True
-    return _threads_named("tf_")
-
-
-def _jax_started() -> bool:
-    bridge = sys.modules.get("jax._src.xla_bridge")
-    probe = getattr(bridge, "backends_are_initialized", None)
-    return bool(probe()) if callable(probe) else False
-
-
-def _torch_started() -> bool:
-    cuda = getattr(sys.modules.get("torch"), "cuda", None)
-    probe = getattr(cuda, "is_initialized", None)
-    return bool(probe()) if callable(probe) else False
-
-
-_PROBES: dict[str, Callable[[], bool]] = {
-    "tensorflow": _tensorflow_started,
-    "jax": _jax_started,
-    "torch": _torch_started,
-}
 
 # Written by the capture hooks, by loads through a proxy, and at fork time.
 _starts: dict[str, _Start] = {}
@@ -181,36 +131,16 @@ def note_started(backend: str, location: str | None = None) -> None:
             _starts[backend] = _Start(os.getpid(), location or caller_location())
 
 
-def _capture_first_call(owner: type, attr: str, backend: str) -> None:
-    """Wrap ``owner.attr`` so its first call records who started ``backend``.
-
-    The wrapper restores the original before calling it, so the framework's
-    own hot path is untouched afterwards.
-    """
-    original = owner.__dict__.get(attr)
-    if original is None or getattr(original, "__forksafe_capture__", False):
-        return
-
-    def first_call(self: Any, *args: Any, **kwargs: Any) -> Any:
-        setattr(owner, attr, original)
-        note_started(backend, caller_location(sys._getframe(1)))
-        return original(self, *args, **kwargs)
-
-    first_call.__forksafe_capture__ = True  # type: ignore[attr-defined]
-    setattr(owner, attr, first_call)
+def _note_frame(backend: str, frame: FrameType | None) -> None:
+    """The capture hooks' callback: ``backend`` starts now, called from ``frame``."""
+    note_started(backend, caller_location(frame))
 
 
-def _on_tf_context_import(module: Any) -> None:
-    context = getattr(module, "Context", None)
-    ctx = getattr(module, "_context", None)
-    if context is not None and getattr(ctx, "_context_handle", None) is None:
-        _capture_first_call(context, "ensure_initialized", "tensorflow")
+def _with_note(hook: Callable[[Any, Note], None]) -> Callable[[Any], None]:
+    def run(module: Any) -> None:
+        hook(module, _note_frame)
 
-
-def _on_tf_session_import(module: Any) -> None:
-    session = getattr(module, "BaseSession", None)
-    if session is not None and not _threads_named("tf_"):
-        _capture_first_call(session, "__init__", "tensorflow")
+    return run
 
 
 def install() -> None:
@@ -225,17 +155,35 @@ def install() -> None:
 
 
 def install_capture_hooks() -> None:
-    """Arrange to record where TensorFlow is first started, if that is still ahead."""
+    """Arrange to record where each framework is first started, if that is still ahead."""
     import wrapt
 
-    wrapt.register_post_import_hook(_on_tf_context_import, "tensorflow.python.eager.context")
-    wrapt.register_post_import_hook(_on_tf_session_import, "tensorflow.python.client.session")
+    for row in FRAMEWORKS:
+        for module, hook in row.hooks:
+            wrapt.register_post_import_hook(_with_note(hook), module)
+
+
+def _orphan(name: str) -> bool:
+    """Whether ``name`` was inherited from a parent that never imported forksafe (recorded once).
+
+    Such a parent's fork hooks never ran, so nothing was recorded; the
+    runtime's state shows it instead (see ``Framework.orphaned``). The
+    parent is taken to be the direct parent.
+    """
+    if name in _inherited:
+        return True
+    start = _starts.get(name)
+    if (start is not None and start.pid == os.getpid()) or not framework(name).orphaned():
+        return False
+    with _capture_lock:
+        _inherited.setdefault(name, _Start(os.getppid(), None))
+    return True
 
 
 def _started_here(name: str) -> bool:
-    if name in _inherited:
+    if _orphan(name):
         return False
-    if not _PROBES[name]():
+    if not framework(name).started():
         return False
     start = _starts.get(name)
     # Backstop for forks that skipped Python's at-fork hooks: the runtime is
@@ -247,10 +195,10 @@ def inherited(names: Iterable[str] = BACKENDS) -> dict[str, _Start]:
     """The runtimes among ``names`` that this process inherited from a started parent."""
     found: dict[str, _Start] = {}
     for name in names:
-        record = _inherited.get(name)
+        record = _inherited.get(name) if _orphan(name) else None
         if record is None:
             start = _starts.get(name)
-            if start is not None and start.pid != os.getpid() and _PROBES[name]():
+            if start is not None and start.pid != os.getpid() and framework(name).started():
                 record = start
         if record is not None:
             found[name] = record
@@ -264,6 +212,8 @@ def before_fork(loading: Iterable[str] = ()) -> None:
     framework caught halfway through its start-up is treated as started,
     since its locks may be held by a thread the child will not have.
     """
+    for name in BACKENDS:
+        _orphan(name)
     snapshot = dict(_inherited)
     loads = list(loading)
     for name in BACKENDS:
@@ -290,7 +240,7 @@ def after_fork_in_child() -> None:
     # Only reached with starts left over when the fork skipped the parent's
     # ``before`` hook (see ``_forking.check_pid``): probe them here instead.
     for name, start in _starts.items():
-        if name not in _inherited and start.pid != os.getpid() and _PROBES[name]():
+        if name not in _inherited and start.pid != os.getpid() and framework(name).started():
             _inherited[name] = start
     _starts.clear()
 
@@ -325,44 +275,46 @@ def note_loaded() -> None:
     """After a load: record the runtimes now up, for fork children's backstop."""
     for name in BACKENDS:
         start = _starts.get(name)
-        if (start is None or start.pid != os.getpid()) and _PROBES[name]():
+        if (start is None or start.pid != os.getpid()) and framework(name).started():
             note_started(name, caller_location())
+
+
+def _where(name: str, start: _Start) -> str:
+    if start.location is None:
+        return f" (where: not recorded: {framework(name).unrecorded})"
+    if start.location.startswith("("):
+        return f" {start.location}"
+    return f" at {start.location}"
 
 
 def explain_inherited(blocked: dict[str, _Start], *, what: str) -> str:
     """The message of ``InheritedRuntimeError``: what happened, where, and the fixes."""
-    parts = []
-    for name, start in blocked.items():
-        if start.location is None:
-            where = " (where: unknown; import forksafe before the framework to record it)"
-        elif start.location.startswith("("):
-            where = f" {start.location}"
-        else:
-            where = f" at {start.location}"
-        parts.append(f"{display(name)} was started in parent process {start.pid}{where}")
+    parts = [
+        f"{display(name)} was started in parent process {start.pid}{_where(name, start)}"
+        for name, start in blocked.items()
+    ]
+    avoid = "; ".join(framework(name).avoid for name in blocked)
     return (
         f"cannot use model {what!r} in process {os.getpid()}: "
         + "; ".join(parts)
         + ", before this process was forked from it. The runtime's thread pools do not "
         "survive fork, so running the model here would hang. Fixes: keep the parent from "
-        "running the framework (no predict, load_model or other ops at import time: let the "
-        "proxy load in the workers); or start workers with the 'spawn' or 'forkserver' "
-        "method; or let forksafe run the model in a host process of its own "
-        "(isolation='process', or the default isolation='auto')."
+        f"running the framework ({avoid}: let the proxy load in the workers); or start "
+        "workers with the 'spawn' or 'forkserver' method; or let forksafe run the model in a "
+        "host process of its own (isolation='process', or the default isolation='auto')."
     )
 
 
 def explain_hosted(blocked: dict[str, _Start], *, what: str) -> str:
     """The ``ForkSafeWarning`` when ``auto`` moves a model out of process."""
-    first = next(iter(blocked.items()))
-    name, start = first
+    name, start = next(iter(blocked.items()))
     where = f" at {start.location}" if start.location and not start.location.startswith("(") else ""
     return (
         f"model {what!r} runs in a separate host process, because {display(name)} was "
         f"started in parent process {start.pid}{where} before this process ({os.getpid()}) "
         "was forked, and cannot run here. Each call now crosses a process boundary (tens of "
         "microseconds, plus a copy of large arrays) and the host costs its own memory. To run "
-        "in-process, keep the parent from running the framework or start workers with "
-        "'spawn'/'forkserver'; pass isolation='process' to choose the host and silence this, "
-        "or isolation='inprocess' to get an error instead."
+        f"in-process, keep the parent from running the framework ({framework(name).avoid}) "
+        "or start workers with 'spawn'/'forkserver'; pass isolation='process' to choose the "
+        "host and silence this, or isolation='inprocess' to get an error instead."
     )

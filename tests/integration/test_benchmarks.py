@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.keras_backend("tensorflow")  # the benchmarks measure Keras on TensorFlow
 def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     """``python -m benchmarks --quick`` fills every section, every target and RESULTS.md."""
     sections = ["core", "graph", "scaling", "host", "jax"]

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
+from forksafe._frameworks import display
 from tests.integration.test_celery import REDIS_URL, reachable
-from tests.models import Models
+from tests.models import KERAS_BACKEND, Models
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,6 +72,7 @@ def test_console_script_doctor_finds_a_module_in_the_current_directory(tmp_path:
     assert "OK: importing it started no framework runtime" in done.stdout
 
 
+@pytest.mark.keras_backend("tensorflow", "jax")  # loading a small model starts no torch pool
 def test_doctor_flags_import_time_loading(tmp_path: Any, models: Models) -> None:
     """The original report's module: exit 1, naming the line and the bare model."""
     (tmp_path / "bad_tasks.py").write_text(BAD)
@@ -78,7 +80,8 @@ def test_doctor_flags_import_time_loading(tmp_path: Any, models: Models) -> None
         "doctor", "bad_tasks:MODEL", env={"PYTHONPATH": str(tmp_path), "FS_MODEL": models.keras}
     )
     assert done.returncode == 1, done.stdout + done.stderr
-    assert re.search(r"started the TensorFlow runtime \(at .*bad_tasks\.py:5\)", done.stdout)
+    started = rf"started the {display(KERAS_BACKEND)} runtime \(at .*bad_tasks\.py:5\)"
+    assert re.search(started, done.stdout)
     assert "MODEL is a model loaded outside a proxy (keras." in done.stdout
 
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 import forksafe
+from forksafe._frameworks import display
 from tests import scenarios
 from tests.helpers import run_clean
-from tests.models import Models
+from tests.models import KERAS_BACKEND, Models
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -30,8 +31,8 @@ def test_child_of_untouched_parent_loads_and_predicts(models: Models) -> None:
     np.testing.assert_allclose(result["parent_y"], child["y"], atol=1e-6)
 
 
-def test_child_of_parent_that_ran_tensorflow_fails_fast(models: Models) -> None:
-    """With isolation="inprocess" the child of a parent that ran one TF op fails fast."""
+def test_child_of_parent_that_ran_the_framework_fails_fast(models: Models) -> None:
+    """With isolation="inprocess" the child of a parent that ran one (large) op fails fast."""
     result = run_clean(scenarios.touched_parent, models).get()
     error = result["error"]
     assert isinstance(error, forksafe.InheritedRuntimeError)
@@ -39,9 +40,13 @@ def test_child_of_parent_that_ran_tensorflow_fails_fast(models: Models) -> None:
     assert isinstance(error, forksafe.ForkSafeError)
     assert result["elapsed"] < 5.0
     message = str(error)
-    assert "TensorFlow" in message
-    assert f"parent process {result['parent_pid']}" in message
-    assert result["where"] in message  # the parent's file:line that started the runtime
+    assert f"{display(KERAS_BACKEND)} was started in parent process {result['parent_pid']}" in (
+        message
+    )
+    if KERAS_BACKEND == "torch":  # its pool starts in native code: no line to name
+        assert "not recorded: torch starts its CPU thread pool" in message
+    else:
+        assert result["where"] in message  # the parent's file:line that started the runtime
     assert "spawn" in message
     assert "forkserver" in message
 
@@ -54,7 +59,11 @@ def test_child_never_reuses_the_parents_loaded_model(models: Models) -> None:
     assert not before.loaded
     assert before.loads == 0
     assert before.owner_pid is None
-    assert isinstance(error, forksafe.InheritedRuntimeError)
+    if KERAS_BACKEND == "torch":
+        # Predicting 8 rows never starts torch's CPU pool: the child loads its own.
+        assert error is None
+    else:
+        assert isinstance(error, forksafe.InheritedRuntimeError)
     assert result["elapsed"] < 5.0
 
 
@@ -100,17 +109,20 @@ def test_grandchildren_follow_the_same_rule(models: Models) -> None:
     assert f"parent process {result['child_pid']}" in str(result["poisoned"])
 
 
+@pytest.mark.keras_backend("tensorflow", "jax")  # a tiny torch predict starts no pool
 def test_runtime_state_in_parent_and_child(models: Models) -> None:
-    """The parent reports TensorFlow started (with where); the child reports it inherited."""
+    """The parent reports the runtime started (with where); the child reports it inherited."""
     result = run_clean(scenarios.child_runtime_state, models).get()
-    parent, child = result["parent"].tensorflow, result["child"].tensorflow
+    parent = getattr(result["parent"], KERAS_BACKEND)
+    child = getattr(result["child"], KERAS_BACKEND)
     assert parent.imported and parent.started and not parent.inherited
     assert parent.started_at == result["where"]
     assert child.inherited and not child.started
     assert child.parent_pid == result["parent"].pid != result["child"].pid
     assert child.started_at == result["where"]
     assert result["child"].inherited == (child,)
-    assert not result["child"].jax.inherited and not result["child"].torch.inherited
+    others = [b for b in result["child"].backends if b.name != KERAS_BACKEND]
+    assert not any(b.inherited for b in others)
 
 
 def test_fork_that_skips_python_hooks_is_caught_at_resolution() -> None:

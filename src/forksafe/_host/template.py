@@ -28,6 +28,7 @@ import warnings
 from multiprocessing.connection import Connection
 from typing import Any
 
+from forksafe._frameworks import FRAMEWORKS
 from forksafe._host.server import serve
 from forksafe._host.transport import sweep
 from forksafe._host.wire import TEMPLATE_COMMAND, peer_of
@@ -158,10 +159,7 @@ def _preload(modules: list[str]) -> None:
 
 
 def _runtime_started() -> list[str]:
-    import forksafe
-
-    state = forksafe.runtime_state()
-    return [b.name for b in state.backends if b.started or b.inherited]
+    return [f.name for f in FRAMEWORKS if f.started() or f.orphaned()]
 
 
 def _reexec_without_preload(listener: socket.socket, config: dict[str, Any]) -> None:

@@ -180,7 +180,9 @@ def decode(frame: bytes, rid: int) -> Any:
     got = frame_id(frame)
     if got != rid:
         raise HostError(f"the model host answered request {got} when {rid} was expected")
-    return _PlainUnpickler(io.BytesIO(memoryview(frame)[_RID.size :])).load()
+    stream = io.BytesIO(frame)  # shares the bytes (no copy) until written to
+    stream.seek(_RID.size)
+    return _PlainUnpickler(stream).load()
 
 
 def _builtin_base(kind: type[BaseException]) -> str:

@@ -1,0 +1,58 @@
+"""The package's layering, read from the source: the host sits below the proxy."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import forksafe
+
+PACKAGE = Path(forksafe.__file__).parent
+# What the host subpackage may use of the rest of forksafe (DESIGN.md's picture).
+HOST_MAY_IMPORT = {"forksafe._errors", "forksafe._frameworks", "forksafe._forking"}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every forksafe module ``path`` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] != "forksafe":
+                continue
+            # ``from forksafe import _forking`` imports the module ``forksafe._forking``;
+            # ``from forksafe import info`` imports the package itself.
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                found.add(name if _module(name) else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "forksafe"}
+    return found
+
+
+def _module(name: str) -> bool:
+    return (PACKAGE.parent / (name.replace(".", "/") + ".py")).exists() or (
+        PACKAGE.parent / name.replace(".", "/") / "__init__.py"
+    ).exists()
+
+
+def test_the_host_imports_nothing_above_it() -> None:
+    """``forksafe._host`` uses only _errors, _frameworks and _forking of the rest."""
+    for path in sorted((PACKAGE / "_host").glob("*.py")):
+        outside = {
+            name
+            for name in _imports(path)
+            if _module(name) and not name.startswith("forksafe._host")
+        }
+        assert outside <= HOST_MAY_IMPORT, (
+            f"{path.name} imports {sorted(outside - HOST_MAY_IMPORT)}"
+        )
+
+
+def test_only_the_proxy_opens_the_door_to_the_host() -> None:
+    """Of forksafe's own modules, only ``_proxy`` imports ``forksafe._host``."""
+    users = {
+        path.name
+        for path in PACKAGE.glob("*.py")
+        if any(name.startswith("forksafe._host") for name in _imports(path))
+    }
+    assert users <= {"_proxy.py", "testing.py"}, users
