@@ -153,11 +153,6 @@ def test_torch_tensors_go_into_a_host_and_numpy_comes_back() -> None:
 
 
 @TORCH
-@pytest.mark.xfail(
-    reason="the host converts tensors only inside list/tuple/dict; an OrderedDict such as "
-    "state_dict() comes back holding torch tensors (the lead's _transport._walk)",
-    strict=True,
-)
 def test_torch_state_dict_from_a_host_holds_numpy() -> None:
     """Every tensor in a host's answer arrives as numpy, whatever mapping holds it."""
     result = run_clean(scenarios.hosted_torch_tensors, spawn=True, timeout=240).get()

@@ -212,8 +212,18 @@ def unpack(obj: Any) -> Any:
 
 
 def to_plain(obj: Any) -> Any:
-    """Framework tensors in ``obj`` as numpy arrays (they cannot cross processes)."""
-    return _walk(obj, to_numpy)
+    """``obj`` as a host answers with it: tensors as arrays, containers as builtin ones.
+
+    Subclasses of dict, list and tuple (an ``OrderedDict`` such as torch's
+    ``state_dict()``, a named tuple) become plain ones; anything else stays.
+    """
+    if isinstance(obj, dict):
+        return {key: to_plain(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [to_plain(item) for item in obj]
+    if isinstance(obj, tuple):
+        return tuple(to_plain(item) for item in obj)
+    return to_numpy(obj)
 
 
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
