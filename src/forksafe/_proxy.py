@@ -109,13 +109,14 @@ class ModelProxy(_Base):
             try:
                 if in_effect == "process":
                     from forksafe._host.client import RemoteModel
+                    from forksafe._host.tree import TreeHost
 
                     source = self._self_source
+                    opener = TreeHost(
+                        functools.partial(load_owned, source.load), source.frameworks()
+                    )
                     model = RemoteModel(
-                        functools.partial(load_owned, source.load),
-                        describe=source.describe(),
-                        preload=source.frameworks(),
-                        timeout=self._self_timeout,
+                        opener, describe=source.describe(), timeout=self._self_timeout
                     )
                     owner = None
                 else:

@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 import numpy as np
 import pytest
 
-from forksafe._host import client as host_client
+from forksafe._host import tree as host_tree
 from forksafe._host import wire
 from tests.faults.conftest import Tracked
 from tests.procs import children_of, wait_gone
@@ -24,8 +24,8 @@ NOBODY = 65534
 
 
 def _address() -> str:
-    assert host_client._templates is not None
-    return host_client._templates.address
+    assert host_tree._templates is not None
+    return host_tree._templates.address
 
 
 def _new_hosts(tracked: Tracked, before: set[int]) -> set[int]:

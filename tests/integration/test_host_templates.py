@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import forksafe
-from forksafe._host import client as host_client
+from forksafe._host import tree as host_tree
 from tests import host_scenarios
 from tests.helpers import run_clean
 from tests.models import Models
@@ -30,7 +30,7 @@ NOBODY = 65534
 
 def _address() -> str:
     """This process tree's template address."""
-    templates_ = host_client._templates
+    templates_ = host_tree._templates
     assert templates_ is not None, "no host was started in this process yet"
     return templates_.address
 
@@ -123,7 +123,7 @@ def test_another_users_squatter_on_a_dead_templates_address_is_not_trusted() -> 
     code = f"""
         import os, select, signal, socket
         import forksafe
-        from forksafe._host import client
+        from forksafe._host import tree as client
         from tests.procs import parent_of, wait_gone
         from tests.scenarios import HostProbe
         first = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
