@@ -8,6 +8,7 @@ started the framework runtime.
 """
 
 from forksafe import _forking, _runtime
+from forksafe._api import lazy_model, load_model
 from forksafe._errors import (
     ForkSafeError,
     ForkSafeWarning,
@@ -19,7 +20,7 @@ from forksafe._errors import (
 )
 from forksafe._info import ProxyInfo, info
 from forksafe._inject import inject
-from forksafe._proxy import ModelProxy, lazy_model, load_model
+from forksafe._proxy import ModelProxy
 from forksafe._runtime import BackendState, RuntimeState, runtime_state
 from forksafe._version import __version__
 

@@ -8,7 +8,8 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from forksafe._proxy import ModelProxy, load_model
+from forksafe._api import load_model
+from forksafe._proxy import ModelProxy
 
 __all__ = ["inject"]
 

@@ -21,9 +21,8 @@ from forksafe._methods import ProxyMethod
 from forksafe._serial import call_lock
 from forksafe._source import Source
 
-__all__ = ["DEFAULT_TIMEOUT", "ISOLATIONS", "ModelProxy", "lazy_model", "load_model"]
+__all__ = ["DEFAULT_TIMEOUT", "ModelProxy"]
 
-ISOLATIONS = ("auto", "inprocess", "process")
 DEFAULT_TIMEOUT = 120.0
 _warned_pid = 0  # the ForkSafeWarning about going out of process: once per process
 
@@ -309,105 +308,3 @@ def _unpickled(source: Source, isolation: str, timeout: float) -> ModelProxy:
     if proxy is None:
         proxy = _arrived.setdefault(key, ModelProxy(source, isolation, timeout))
     return proxy
-
-
-def _check_options(isolation: Any, timeout: Any) -> tuple[str, float]:
-    if not isinstance(isolation, str) or isolation not in ISOLATIONS:
-        raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return isolation, float(timeout)
-
-
-def load_model(
-    source: str | os.PathLike[str],
-    *,
-    loader: Callable[..., Any] | None = None,
-    isolation: str = "auto",
-    timeout: float = DEFAULT_TIMEOUT,
-    **load_kwargs: Any,
-) -> ModelProxy:
-    """Return a proxy that loads the model at ``source`` lazily, once per process.
-
-    Nothing is loaded and no framework is imported until the proxy is used
-    (``bool``, ``hash``, ``==``, ``repr`` and pickling never load). The first
-    use may be anywhere, also inside a ``tf.function`` or a Keras layer: the
-    model loads as from a plain frame.
-
-    Copying and pickling: ``copy.copy``/``copy.deepcopy`` of a model loaded in
-    this process keep its weights as they are in memory, as the model's own
-    copies do. Pickling ships the source, not the model: weights changed in
-    memory do not travel, and the receiver loads the file. Two unpickles of
-    the same source in one process are the same proxy, sharing one model.
-
-    Args:
-        source: path to a ``.keras`` file, an ``.h5``/``.hdf5`` file or a
-            TensorFlow SavedModel directory. Made absolute now, so a worker
-            that changes directory still finds it.
-        loader: a picklable callable ``loader(source, **load_kwargs)``. The
-            default is ``keras.models.load_model``, or
-            ``tf_keras.models.load_model`` when ``TF_USE_LEGACY_KERAS=1``.
-            With Keras 3 a SavedModel directory is wrapped in
-            ``keras.layers.TFSMLayer`` inside a ``keras.Sequential``
-            (inference only: ``predict``, ``predict_on_batch``, ``__call__``).
-        isolation: where the model runs. ``"inprocess"``: in this process;
-            in a fork child of a process that had started a framework
-            runtime, use raises
-            [`InheritedRuntimeError`][forksafe.InheritedRuntimeError] at once
-            instead of hanging. ``"process"``: always in a host process of
-            its own. ``"auto"`` (default): in this process where it can run
-            there, else in a host process, with a
-            [`ForkSafeWarning`][forksafe.ForkSafeWarning] (once per process)
-            saying why.
-        timeout: seconds that any one wait on a host may take (starting it,
-            loading, each call; default 120); on expiry the host is stopped
-            and [`HostTimeoutError`][forksafe.HostTimeoutError] raised.
-            Unused in-process.
-        **load_kwargs: passed to the loader (``custom_objects``, ``compile``,
-            ``safe_mode`` ...; Keras' ``safe_mode`` stays on by default).
-
-    Raises:
-        TypeError: ``source`` is not a path, or ``loader`` is not callable.
-        ValueError: ``source`` is empty, ``isolation`` is unknown or
-            ``timeout`` is not a positive number.
-    """
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(
-            "source must be a path (str or os.PathLike) to a .keras or .h5 file or a "
-            f"SavedModel directory, got {type(source).__name__}; for a model built by code "
-            "use forksafe.lazy_model(factory)"
-        )
-    path = os.fspath(source)
-    if not isinstance(path, str):
-        raise TypeError(f"source must be a text path, got {type(path).__name__}")
-    if not path:
-        raise ValueError("source is an empty path")
-    if loader is not None and not callable(loader):
-        raise TypeError(f"loader must be callable, got {type(loader).__name__}")
-    iso, seconds = _check_options(isolation, timeout)
-    source_ = Source(path=os.path.abspath(path), loader=loader, kwargs=load_kwargs)
-    return ModelProxy(source_, iso, seconds)
-
-
-def lazy_model(
-    factory: Callable[..., Any],
-    *args: Any,
-    isolation: str = "auto",
-    timeout: float = DEFAULT_TIMEOUT,
-    **kwargs: Any,
-) -> ModelProxy:
-    """Return a proxy whose model is ``factory(*args, **kwargs)``, built lazily per process.
-
-    ``factory`` must be picklable (a module-level function) for the proxy to
-    reach spawned workers, and for ``isolation="process"``. ``isolation``
-    and ``timeout`` are as for [`load_model`][forksafe.load_model] (and are
-    not passed to ``factory``). Nothing is built and no framework is
-    imported until the proxy is used.
-
-    Raises:
-        TypeError: ``factory`` is not callable.
-    """
-    if not callable(factory):
-        raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    iso, seconds = _check_options(isolation, timeout)
-    return ModelProxy(Source(factory=factory, args=args, kwargs=kwargs), iso, seconds)

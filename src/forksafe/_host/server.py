@@ -37,7 +37,7 @@ from forksafe._host.wire import (
     unpickle_request,
 )
 
-__all__ = ["serve"]
+__all__ = ["attribute", "invoke", "model_meta", "plain_result", "serve"]
 
 _POLL = 1.0  # seconds between liveness checks where there is no pidfd
 
@@ -61,6 +61,59 @@ def _describe(value: Any) -> str:
     return f"a {name}"
 
 
+def model_meta(model: Any, owner: Any) -> dict[str, Any]:
+    """What a host reports about the model it loaded."""
+    kind = type(model)
+    return {
+        "backend": backend_of(model),
+        "graph_mode": owner is not None,
+        "type": f"{kind.__module__}.{kind.__qualname__}",
+    }
+
+
+def invoke(model: Any, owner: Any, name: str | None, args: Any, kwargs: Any) -> Any:
+    """Call the model (``name`` None) or its method, inside its TF1 graph if it has one."""
+    fn = model if name is None else getattr(model, name)
+    return fn(*args, **kwargs) if owner is None else owner.call(fn, *args, **kwargs)
+
+
+def attribute(model: Any, name: str) -> tuple[str, Any]:
+    """``("callable", what the client shows of it)`` or ``("value", plain data)``."""
+    value = getattr(model, name)
+    if callable(value):
+        doc = getattr(value, "__doc__", None)
+        qualname = getattr(value, "__qualname__", None)
+        return (
+            "callable",
+            {
+                "doc": doc if isinstance(doc, str) else None,
+                "qualname": qualname if isinstance(qualname, str) else name,
+            },
+        )
+    value = to_plain(value)
+    if not is_plain(value):
+        raise HostError(
+            f"attribute {name!r} of the model is {_describe(value)}, which cannot "
+            "cross a process boundary; with the model in a host process only plain data "
+            "attributes (numbers, strings, arrays, and lists/tuples/dicts of them) and "
+            "method calls work"
+        )
+    return ("value", value)
+
+
+def plain_result(result: Any, name: str | None) -> Any:
+    """A call's result as plain data (tensors as arrays), or a HostError naming its type."""
+    result = to_plain(result)
+    if not is_plain(result):
+        what = "calling the model" if name is None else f"{name}()"
+        raise HostError(
+            f"{what} returned {_describe(result)}, which cannot cross a process boundary "
+            "(it ran in the host); a hosted model answers with plain data only: numbers, "
+            "strings, arrays, and lists/tuples/dicts of them"
+        )
+    return result
+
+
 class _Host:
     def __init__(self) -> None:
         self.model: Any = None
@@ -70,61 +123,19 @@ class _Host:
         op = request[0]
         if op == "call":
             _, name, args, kwargs = request
-            return self.call(name, unpack(args), unpack(kwargs))
+            result = invoke(self.model, self.owner, name, unpack(args), unpack(kwargs))
+            return plain_result(result, name)
         if op == "getattr":
-            return self.getattr(request[1])
+            return attribute(self.model, request[1])
         if op == "setattr":
             setattr(self.model, request[1], unpack(request[2]))
             return None
         if op == "load":
-            return self.load(request[1])
+            self.model, self.owner = request[1]()
+            return model_meta(self.model, self.owner)
         if op == "ping":
             return os.getpid()
         raise HostError(f"unknown request {op!r}")
-
-    def load(self, loader: Any) -> dict[str, Any]:
-        self.model, self.owner = loader()
-        kind = type(self.model)
-        return {
-            "backend": backend_of(self.model),
-            "graph_mode": self.owner is not None,
-            "type": f"{kind.__module__}.{kind.__qualname__}",
-        }
-
-    def getattr(self, name: str) -> tuple[str, Any]:
-        value = getattr(self.model, name)
-        if callable(value):
-            doc = getattr(value, "__doc__", None)
-            qualname = getattr(value, "__qualname__", None)
-            return (
-                "callable",
-                {
-                    "doc": doc if isinstance(doc, str) else None,
-                    "qualname": qualname if isinstance(qualname, str) else name,
-                },
-            )
-        value = to_plain(value)
-        if not is_plain(value):
-            raise HostError(
-                f"attribute {name!r} of the model is {_describe(value)}, which cannot "
-                "cross a process boundary; with the model in a host process only plain data "
-                "attributes (numbers, strings, arrays, and lists/tuples/dicts of them) and "
-                "method calls work"
-            )
-        return ("value", value)
-
-    def call(self, name: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        fn = self.model if name is None else getattr(self.model, name)
-        result = fn(*args, **kwargs) if self.owner is None else self.owner.call(fn, *args, **kwargs)
-        result = to_plain(result)
-        if not is_plain(result):
-            what = "calling the model" if name is None else f"{name}()"
-            raise HostError(
-                f"{what} returned {_describe(result)}, which cannot cross a process boundary "
-                "(it ran in the host); a hosted model answers with plain data only: numbers, "
-                "strings, arrays, and lists/tuples/dicts of them"
-            )
-        return result
 
 
 def _exit_when_client_dies(client_pid: int, pool: SegmentPool) -> None:

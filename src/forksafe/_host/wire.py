@@ -30,6 +30,7 @@ from forksafe._errors import HostError
 
 __all__ = [
     "HANDSHAKE_SECONDS",
+    "SHARED_COMMAND",
     "TEMPLATE_COMMAND",
     "Peer",
     "checkpoint",
@@ -45,13 +46,14 @@ __all__ = [
     "set_timeouts",
 ]
 
-# How a template is started: ``python -I -c TEMPLATE_COMMAND CONFIG_FD REPORT_FD``. ``-I``
-# ignores PYTHONPATH, so the directory forksafe was imported from is appended
-# (last: it cannot shadow anything) for a forksafe that is not installed.
+# How a template or a shared host is started: ``python -I -c COMMAND CONFIG_FD
+# REPORT_FD``. ``-I`` ignores PYTHONPATH, so the directory forksafe was
+# imported from is appended (last: it cannot shadow anything) for a forksafe
+# that is not installed.
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TEMPLATE_COMMAND = (
-    f"import sys; sys.path.append({_ROOT!r}); from forksafe._host.template import main; main()"
-)
+_COMMAND = "import sys; sys.path.append({root!r}); from forksafe._host.{module} import main; main()"
+TEMPLATE_COMMAND = _COMMAND.format(root=_ROOT, module="template")
+SHARED_COMMAND = _COMMAND.format(root=_ROOT, module="hub")
 # A connection that has not finished its handshake by then is dropped.
 HANDSHAKE_SECONDS = 10.0
 _CREDENTIALS = struct.Struct("3i")
