@@ -11,15 +11,33 @@ from forksafe._source import Source
 
 __all__ = ["ISOLATIONS", "lazy_model", "load_model"]
 
-ISOLATIONS = ("auto", "inprocess", "process")
+ISOLATIONS = ("auto", "inprocess", "process", "shared")
+# A shared host's batching, unless asked otherwise (benchmarks/RESULTS.md).
+DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_WAIT_MS = 2.0
 
 
-def _check_options(isolation: Any, timeout: Any) -> tuple[str, float]:
+def _check_options(
+    isolation: Any, timeout: Any, max_batch: Any, max_wait_ms: Any
+) -> tuple[str, float, tuple[int, float] | None]:
     if not isinstance(isolation, str) or isolation not in ISOLATIONS:
         raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    return isolation, float(timeout)
+    if isolation != "shared":
+        if max_batch is not None or max_wait_ms is not None:
+            raise ValueError(
+                "max_batch and max_wait_ms set a shared host's batching: they need "
+                f"isolation='shared' (got isolation={isolation!r})"
+            )
+        return isolation, float(timeout), None
+    batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
+    wait = DEFAULT_MAX_WAIT_MS if max_wait_ms is None else max_wait_ms
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"max_batch must be a whole number of rows, 1 or more, got {batch!r}")
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 1000:
+        raise ValueError(f"max_wait_ms must be between 0 and 1000 milliseconds, got {wait!r}")
+    return isolation, float(timeout), (batch, float(wait))
 
 
 def load_model(
@@ -28,6 +46,8 @@ def load_model(
     loader: Callable[..., Any] | None = None,
     isolation: str = "auto",
     timeout: float = DEFAULT_TIMEOUT,
+    max_batch: int | None = None,
+    max_wait_ms: float | None = None,
     **load_kwargs: Any,
 ) -> ModelProxy:
     """Return a proxy that loads the model at ``source`` lazily, once per process.
@@ -61,18 +81,27 @@ def load_model(
             its own. ``"auto"`` (default): in this process where it can run
             there, else in a host process, with a
             [`ForkSafeWarning`][forksafe.ForkSafeWarning] (once per process)
-            saying why.
+            saying why. ``"shared"``: in one host process that every process
+            of this user with the same source and options shares (all the
+            workers of a pool, and unrelated processes too), which joins
+            concurrent calls into batches; see the guide "One model for many
+            workers".
         timeout: seconds that any one wait on a host may take (starting it,
             loading, each call; default 120); on expiry the host is stopped
             and [`HostTimeoutError`][forksafe.HostTimeoutError] raised.
             Unused in-process.
+        max_batch: with ``isolation="shared"``: the most rows one joined
+            call may hold (default 64; 1 turns batching off).
+        max_wait_ms: with ``isolation="shared"``: how long a call may wait
+            for others to join it (default 2 ms).
         **load_kwargs: passed to the loader (``custom_objects``, ``compile``,
             ``safe_mode`` ...; Keras' ``safe_mode`` stays on by default).
 
     Raises:
         TypeError: ``source`` is not a path, or ``loader`` is not callable.
-        ValueError: ``source`` is empty, ``isolation`` is unknown or
-            ``timeout`` is not a positive number.
+        ValueError: ``source`` is empty, ``isolation`` is unknown,
+            ``timeout`` is not a positive number, or the batching options
+            are out of range or given without ``isolation="shared"``.
     """
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
@@ -87,9 +116,9 @@ def load_model(
         raise ValueError("source is an empty path")
     if loader is not None and not callable(loader):
         raise TypeError(f"loader must be callable, got {type(loader).__name__}")
-    iso, seconds = _check_options(isolation, timeout)
+    iso, seconds, batching = _check_options(isolation, timeout, max_batch, max_wait_ms)
     source_ = Source(path=os.path.abspath(path), loader=loader, kwargs=load_kwargs)
-    return ModelProxy(source_, iso, seconds)
+    return ModelProxy(source_, iso, seconds, batching)
 
 
 def lazy_model(
@@ -97,20 +126,22 @@ def lazy_model(
     *args: Any,
     isolation: str = "auto",
     timeout: float = DEFAULT_TIMEOUT,
+    max_batch: int | None = None,
+    max_wait_ms: float | None = None,
     **kwargs: Any,
 ) -> ModelProxy:
     """Return a proxy whose model is ``factory(*args, **kwargs)``, built lazily per process.
 
     ``factory`` must be picklable (a module-level function) for the proxy to
-    reach spawned workers, and for ``isolation="process"``. ``isolation``
-    and ``timeout`` are as for [`load_model`][forksafe.load_model] (and are
-    not passed to ``factory``). Nothing is built and no framework is
-    imported until the proxy is used.
+    reach spawned workers, and for ``isolation="process"`` or ``"shared"``.
+    ``isolation``, ``timeout``, ``max_batch`` and ``max_wait_ms`` are as for
+    [`load_model`][forksafe.load_model] (and are not passed to ``factory``).
+    Nothing is built and no framework is imported until the proxy is used.
 
     Raises:
         TypeError: ``factory`` is not callable.
     """
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    iso, seconds = _check_options(isolation, timeout)
-    return ModelProxy(Source(factory=factory, args=args, kwargs=kwargs), iso, seconds)
+    iso, seconds, batching = _check_options(isolation, timeout, max_batch, max_wait_ms)
+    return ModelProxy(Source(factory=factory, args=args, kwargs=kwargs), iso, seconds, batching)

@@ -24,7 +24,7 @@ class ProxyInfo:
         graph_mode: the model lives in a TF1 graph and session that every
             call re-enters.
         isolation: the isolation option the proxy was created with.
-        in_effect: where the model runs now, ``"inprocess"`` or
+        in_effect: where the model runs now, ``"inprocess"``, ``"shared"`` or
             ``"process"``; ``None`` when not loaded in this process.
         host_pid: the pid of the host process serving the model, if any.
         source: the path, or the factory's name.
@@ -50,7 +50,7 @@ def info(proxy: ModelProxy) -> ProxyInfo:
         raise TypeError(f"info() takes a forksafe.ModelProxy, got {type(proxy).__name__}")
     # Read the proxy's own state directly: ``proxy.x`` could forward and load.
     model = proxy._self_model
-    hosted = proxy._self_in_effect == "process"
+    hosted = proxy._self_in_effect in ("process", "shared")
     meta = model.meta if hosted else {}
     return ProxyInfo(
         loaded=model is not None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import os
 import pickle
 import threading
@@ -62,9 +63,14 @@ class ModelProxy(_Base):
     _self_in_effect: str | None = None
     _self_timeout: float = DEFAULT_TIMEOUT
     _self_call_lock: threading.RLock | None = None  # only for backends that need one
+    _self_batching: tuple[int, float] | None = None  # (max_batch, max_wait_ms) when shared
 
     def __init__(
-        self, source: Source, isolation: str = "auto", timeout: float = DEFAULT_TIMEOUT
+        self,
+        source: Source,
+        isolation: str = "auto",
+        timeout: float = DEFAULT_TIMEOUT,
+        batching: tuple[int, float] | None = None,
     ) -> None:
         # ``None`` with ``__wrapped_factory__`` defined keeps wrapt's C pointer
         # empty, so wrapt's own forwarding paths call ``__wrapped_get__``.
@@ -72,6 +78,7 @@ class ModelProxy(_Base):
         self._self_source = source
         self._self_isolation = isolation
         self._self_timeout = timeout
+        self._self_batching = batching
         self._self_lock = threading.RLock()
         _forking.register(self)
 
@@ -106,18 +113,8 @@ class ModelProxy(_Base):
             in_effect = self._isolation_now()
             self._self_loading = threading.get_ident()
             try:
-                if in_effect == "process":
-                    from forksafe._host.client import RemoteModel
-                    from forksafe._host.tree import TreeHost
-
-                    source = self._self_source
-                    opener = TreeHost(
-                        functools.partial(load_owned, source.load), source.frameworks()
-                    )
-                    model = RemoteModel(
-                        opener, describe=source.describe(), timeout=self._self_timeout
-                    )
-                    owner = None
+                if in_effect in ("process", "shared"):
+                    model, owner = self._self_remote(in_effect), None
                 else:
                     model, owner = load_owned(self._self_source.load)
                     _runtime.note_loaded()
@@ -133,10 +130,34 @@ class ModelProxy(_Base):
             self.__wrapped__ = model
             return model
 
+    def _self_remote(self, in_effect: str) -> Any:
+        """A stand-in for the model in a host: one of its own, or the user's shared one."""
+        from forksafe._host.client import RemoteModel
+
+        source = self._self_source
+        loader = functools.partial(load_owned, source.load)
+        opener: Any
+        if in_effect == "shared":
+            from forksafe._host.shared import SharedHost
+
+            max_batch, max_wait_ms = self._self_batching or (1, 0.0)
+            identity = pickle.dumps((source, max_batch, max_wait_ms), pickle.HIGHEST_PROTOCOL)
+            opener = SharedHost(
+                loader,
+                key=hashlib.sha256(identity).hexdigest()[:32],
+                describe=source.describe(),
+                options={"max_batch": max_batch, "max_wait_ms": max_wait_ms},
+            )
+        else:
+            from forksafe._host.tree import TreeHost
+
+            opener = TreeHost(loader, source.frameworks())
+        return RemoteModel(opener, describe=source.describe(), timeout=self._self_timeout)
+
     def _isolation_now(self) -> str:
-        """Where the model must run in this process: ``"inprocess"`` or ``"process"``."""
-        if self._self_isolation == "process":
-            return "process"
+        """Where the model must run here: ``"inprocess"``, ``"process"`` or ``"shared"``."""
+        if self._self_isolation in ("process", "shared"):
+            return self._self_isolation
         blocked = _runtime.inherited()
         if not blocked:
             return "inprocess"
@@ -239,7 +260,12 @@ class ModelProxy(_Base):
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Callable[..., ModelProxy], tuple[Any, ...]]:
         # Ships the source, never the model: the receiver loads lazily.
-        return _unpickled, (self._self_source, self._self_isolation, self._self_timeout)
+        return _unpickled, (
+            self._self_source,
+            self._self_isolation,
+            self._self_timeout,
+            self._self_batching,
+        )
 
     def __reduce__(self) -> tuple[Callable[..., ModelProxy], tuple[Any, ...]]:
         return self.__reduce_ex__(2)
@@ -257,7 +283,9 @@ class ModelProxy(_Base):
         (in its graph and session, in TF1 graph mode); an unloaded or hosted
         one gives an unloaded proxy that loads from the source.
         """
-        clone = ModelProxy(self._self_source, self._self_isolation, self._self_timeout)
+        clone = ModelProxy(
+            self._self_source, self._self_isolation, self._self_timeout, self._self_batching
+        )
         model, owner = self._self_model, self._self_owner
         if model is None or self._self_in_effect != "inprocess":
             return clone
@@ -298,13 +326,16 @@ class ModelProxy(_Base):
 _arrived: dict[bytes, ModelProxy] = {}
 
 
-def _unpickled(source: Source, isolation: str, timeout: float) -> ModelProxy:
+def _unpickled(
+    source: Source, isolation: str, timeout: float, batching: tuple[int, float] | None = None
+) -> ModelProxy:
     """The proxy for ``source`` in this process: the one that arrived before, if alive."""
+    options = (source, isolation, timeout, batching)
     try:
-        key = pickle.dumps((source, isolation, timeout), protocol=pickle.HIGHEST_PROTOCOL)
+        key = pickle.dumps(options, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # it was just unpickled, so this is unexpected: do not share
-        return ModelProxy(source, isolation, timeout)
+        return ModelProxy(*options)
     proxy = _arrived.get(key)
     if proxy is None:
-        proxy = _arrived.setdefault(key, ModelProxy(source, isolation, timeout))
+        proxy = _arrived.setdefault(key, ModelProxy(*options))
     return proxy

@@ -57,8 +57,8 @@ class Tracked:
         live = self.live_hosts() | self.hosts_before | {forksafe.info(self._warm).host_pid or 0}
         for pid in set(children_of(self.template)) - live:
             assert wait_gone(pid), f"host {pid} outlived its retirement"
-        pools = {n for p in self.proxies for n in p.__wrapped__._client.pool.names()}
-        pools |= set(self._warm.__wrapped__._client.pool.names())
+        pools = {n for p in self.proxies for n in p.__wrapped__._client.segment_names()}
+        pools |= set(self._warm.__wrapped__._client.segment_names())
         # A live host keeps a pool of reply segments of its own.
         left = segments_back_to(self.segments_before | pools, of_live=tuple(live))
         assert not left, f"leaked segments: {left}"

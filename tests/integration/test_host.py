@@ -41,7 +41,7 @@ def probe() -> Iterator[forksafe.ModelProxy]:
         assert wait_gone(pid)
     # The template sweeps a killed host's segments; this side's pool holds only
     # what the last calls needed.
-    assert segments_back_to(before) <= set(proxy.__wrapped__._client.pool.names())
+    assert segments_back_to(before) <= set(proxy.__wrapped__._client.segment_names())
 
 
 def test_poisoned_child_answers_through_a_host(models: Models) -> None:

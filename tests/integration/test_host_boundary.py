@@ -35,7 +35,7 @@ def probe() -> Iterator[forksafe.ModelProxy]:
     if pid is not None:
         os.kill(pid, signal.SIGKILL)
         assert wait_gone(pid)
-    assert segments_back_to(before) <= set(proxy.__wrapped__._client.pool.names())
+    assert segments_back_to(before) <= set(proxy.__wrapped__._client.segment_names())
 
 
 class SoftTimeLimit(Exception):

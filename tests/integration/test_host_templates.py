@@ -200,7 +200,7 @@ def test_planted_names_in_shared_memory_do_not_break_the_reaper() -> None:
         assert wait_gone(second), f"killed host {second} was never reaped"
         for path in planted:
             assert path.exists(), f"{path} is not forksafe's and must be left alone"
-        pool = set(other.__wrapped__._client.pool.names())
+        pool = set(other.__wrapped__._client.segment_names())
         assert segments_back_to(before | {p.name for p in planted}) <= pool
     finally:
         for path in planted:

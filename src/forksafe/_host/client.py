@@ -82,20 +82,36 @@ def _close(conn: Connection, pool: SegmentPool) -> None:
     pool.close()
 
 
+class _Channel:
+    """One connection to a host: its requests' ids, and the segments this side sends in."""
+
+    __slots__ = ("__weakref__", "conn", "finalizer", "host_pid", "pool", "rid")
+
+    def __init__(self, conn: Connection, host_pid: int) -> None:
+        self.conn = conn
+        self.host_pid = host_pid
+        self.pool = SegmentPool()
+        self.rid = 0
+        self.finalizer = weakref.finalize(self, _close, conn, self.pool)
+
+
 class HostClient:
-    """This process's connection to the host that serves one model."""
+    """This process's connections to the host that serves one model.
+
+    A host of the client's own serves one call at a time, over one
+    connection. A shared host serves many: each thread's call takes an idle
+    connection or opens one, so calls from threads run (and batch) at once.
+    """
 
     def __init__(self, opener: Opener, timeout: float) -> None:
         self.opener = opener
         self.timeout = timeout
         self.pid = os.getpid()
-        self.conn: Connection | None = None
-        self.host_pid: int | None = None
+        self.host_pid: int | None = None  # of the last connection that answered
         self.meta: dict[str, Any] = {}
-        self.lock = threading.Lock()
-        self.pool = SegmentPool()
-        self.rid = 0
-        self._finalizer: weakref.finalize[Any, Any] | None = None
+        self.lock = threading.Lock()  # a host of our own: one call at a time
+        self.idle: list[_Channel] = []
+        self.idle_lock = threading.Lock()
 
     def request(self, message: tuple[Any, ...], *, what: str) -> Any:
         """Send ``message`` to the host (starting one if needed) and return its answer."""
@@ -105,44 +121,62 @@ class HostClient:
                 f"process {os.getpid()}, forked from it; use the model through its forksafe "
                 "proxy here (methods taken from the proxy follow it across a fork)"
             )
+        if not self.opener.owns_host:
+            return self._through(self._idle_or_new(), message, what)
         if not self.lock.acquire(timeout=self.timeout):
             raise HostTimeoutError(
                 f"waited {self.timeout} s for another thread's call to the model host"
             )
         try:
-            if self.conn is None:
-                self._start()
-            return self._exchange(message, what=what)
+            return self._through(self._idle_or_new(), message, what)
         finally:
             self.lock.release()
 
-    def _start(self) -> None:
-        """Open a host and ask it the opener's first question (lock held)."""
-        conn, pid = _open(self.opener, self.timeout)
-        self.conn, self.host_pid = conn, pid
-        self._finalizer = weakref.finalize(self, _close, conn, self.pool)
-        try:
-            self.meta = self._exchange(self.opener.first_request(), what="load")
-        except BaseException:
-            self._retire()  # a host without a model is of no use
-            raise
+    def segment_names(self) -> list[str]:
+        """The shared-memory segments this side holds for reuse (for leak checks)."""
+        with self.idle_lock:
+            return [name for channel in self.idle for name in channel.pool.names()]
 
-    def _exchange(self, message: tuple[Any, ...], *, what: str) -> Any:
-        conn = self.conn
-        assert conn is not None
-        self.rid += 1
-        rid = self.rid
+    def _idle_or_new(self) -> _Channel:
+        with self.idle_lock:
+            if self.idle:
+                return self.idle.pop()
+        conn, pid = _open(self.opener, self.timeout)
+        channel = _Channel(conn, pid)
+        self.host_pid = pid
         try:
-            frame = encode(rid, self.pool.pack(message))
+            self.meta = self._exchange(channel, self.opener.first_request(), what="load")
+        except BaseException:
+            self._retire(channel, crashed=False)  # a host without a model is of no use
+            raise
+        return channel
+
+    def _through(self, channel: _Channel, message: tuple[Any, ...], what: str) -> Any:
+        result = self._exchange(channel, message, what=what)
+        self.host_pid = channel.host_pid
+        with self.idle_lock:
+            self.idle.append(channel)
+        return result
+
+    def _exchange(self, channel: _Channel, message: tuple[Any, ...], *, what: str) -> Any:
+        """One request and its answer; any failure retires ``channel`` before it propagates."""
+        conn, pool = channel.conn, channel.pool
+        channel.rid += 1
+        rid = channel.rid
+        try:
+            frame = encode(rid, pool.pack(message))
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
-            self.pool.recycle()  # nothing was sent: the host is still in step
+            pool.recycle()  # nothing was sent: the host is still in step
+            with self.idle_lock:
+                self.idle.append(channel)
             raise HostError(
                 f"cannot send {what} to the model host: {type(exc).__name__}: {exc}; "
                 "arguments, loaders and factories must be picklable (functions and "
                 "classes defined at module level in an importable module)"
             ) from exc
         except BaseException:
-            self.pool.recycle()
+            pool.recycle()
+            self._retire(channel, crashed=False)
             raise
         try:
             checkpoint("client.send")
@@ -154,13 +188,17 @@ class HostClient:
             if status == "ok":
                 payload = unpack(payload)
         except BlockingIOError:  # a socket bound expired: the host is stuck
-            pid = self._retire()
+            pid = self._retire(channel, crashed=False)
             raise HostTimeoutError(
                 f"the model host (pid {pid}) did not answer {what} within {self.timeout} s; "
-                "it was stopped, and the next call starts a new one"
+                + (
+                    "it was stopped, and the next call starts a new one"
+                    if self.opener.owns_host
+                    else "this call's connection to it was closed"
+                )
             ) from None
         except (EOFError, OSError) as exc:
-            pid = self._retire()
+            pid = self._retire(channel, crashed=True)
             raise HostCrashedError(
                 f"the model host process {pid} died during {what} (killed, out of memory, or "
                 "crashed); the next call starts a new host"
@@ -169,27 +207,36 @@ class HostClient:
             # Interrupted (KeyboardInterrupt, a signal handler's exception, a
             # timeout of the caller's) or anything else mid-exchange: this
             # connection may still owe an answer, so it is never used again.
-            self._retire()
+            self._retire(channel, crashed=False)
             raise
         finally:
-            self.pool.recycle()  # the host has answered (or is gone): it is done with them
+            pool.recycle()  # the host has answered (or is gone): it is done with them
         if status == "ok":
             return payload
-        raise raise_envelope(payload, self.host_pid)
+        raise raise_envelope(payload, channel.host_pid)
 
-    def _retire(self) -> int | None:
-        """Never use this connection again (stopping a host of our own); return the host pid.
+    def _retire(self, channel: _Channel, *, crashed: bool) -> int:
+        """Never use ``channel`` again (stopping a host of our own); return the host's pid.
 
-        The next request opens another.
+        A crash retires every idle connection to that host too: each caller
+        hears of one crash once.
         """
-        pid, self.host_pid, self.conn = self.host_pid, None, None
+        pid = channel.host_pid
         owned = self.opener.owns_host
-        if pid is not None and owned:  # before closing: it dies without a word
+        if owned:  # before closing: it dies without a word
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        if self._finalizer is not None:
-            self._finalizer()
-        if pid is not None and owned:
+        channel.finalizer()
+        stale: list[_Channel] = []
+        if crashed or owned:
+            with self.idle_lock:
+                stale = [c for c in self.idle if c.host_pid == pid]
+                self.idle = [c for c in self.idle if c.host_pid != pid]
+        for other in stale:
+            other.finalizer()
+        if self.host_pid == pid and (crashed or owned):
+            self.host_pid = None
+        if owned or crashed:
             sweep(pid)
         return pid
 

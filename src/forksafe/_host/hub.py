@@ -32,7 +32,7 @@ from typing import Any
 from forksafe._errors import HostError
 from forksafe._host.batching import batch_key, join, split
 from forksafe._host.server import attribute, invoke, model_meta, plain_result
-from forksafe._host.transport import SegmentPool, sweep, unpack
+from forksafe._host.transport import SegmentPool, gone, sweep, unpack
 from forksafe._host.wire import (
     HANDSHAKE_SECONDS,
     Peer,
@@ -69,6 +69,7 @@ class _Hub:
         self.max_wait = float(config["max_wait_ms"]) / 1e3
         self.grace = float(config["grace_s"])
         self.call_timeout = float(config["call_timeout_s"])
+        self.log = str(config["log"])
         self.calls: queue.Queue[_Call] = queue.Queue()
         self.held: deque[_Call] = deque()
         self.clients = 0
@@ -92,7 +93,7 @@ class _Hub:
         else:
             self.meta = {
                 **model_meta(self.model, self.owner),
-                "shared": True,
+                "log": self.log,
                 "max_batch": self.max_batch,
                 "max_wait_ms": self.max_wait * 1e3,
             }
@@ -201,7 +202,7 @@ class _Hub:
             with self.lock:
                 self.clients -= 1
                 self.last_change = time.monotonic()
-            if not _alive(peer.pid):
+            if gone(peer.pid, within=1.0):
                 sweep(peer.pid)  # a killed client's segments: nobody else would unlink them
 
     def _converse(self, sock: socket.socket, pool: SegmentPool) -> None:
@@ -278,16 +279,6 @@ class _Hub:
                 )
             if idle:
                 os._exit(0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _take_output(log_path: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from forksafe._errors import HostError
 from forksafe._frameworks import backend_of
-from forksafe._host.transport import SegmentPool, is_plain, sweep, to_plain, unpack
+from forksafe._host.transport import SegmentPool, gone, is_plain, sweep, to_plain, unpack
 from forksafe._host.wire import (
     HANDSHAKE_SECONDS,
     Peer,
@@ -204,6 +204,11 @@ def serve(sock: socket.socket, client: Peer, key: bytes) -> None:
             try:
                 frame = conn.recv_bytes()
             except (EOFError, OSError):
+                # A dying client's socket closes before it exits: if it died,
+                # its segments are this host's to sweep (the watcher thread
+                # may be a moment behind).
+                if gone(client.pid, within=1.0):
+                    sweep(client.pid)
                 return
             pool.recycle()  # the client has read the previous reply
             rid = frame_id(frame)

@@ -30,7 +30,7 @@ from typing import Any
 
 from forksafe._frameworks import FRAMEWORKS
 from forksafe._host.server import serve
-from forksafe._host.transport import sweep
+from forksafe._host.transport import gone, sweep
 from forksafe._host.wire import TEMPLATE_COMMAND, peer_of
 
 __all__ = ["main"]
@@ -89,7 +89,7 @@ def _reap_hosts() -> None:
                 _last_change = time.monotonic()
                 client = _hosts.pop(pid, None)
                 sweep(pid)
-                if client is not None and not _alive(client):
+                if client is not None and gone(client):
                     sweep(client)
             except Exception:  # the reaper must never die: report and go on
                 with contextlib.suppress(Exception):

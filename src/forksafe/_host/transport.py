@@ -25,7 +25,9 @@ import itertools
 import mmap
 import os
 import secrets
+import select
 import stat
+import time
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -38,6 +40,7 @@ __all__ = [
     "SHM_THRESHOLD",
     "SegmentPool",
     "Shared",
+    "gone",
     "is_plain",
     "sweep",
     "to_plain",
@@ -244,6 +247,34 @@ def is_plain(obj: Any) -> bool:
     if kind is np.ndarray:
         return not obj.dtype.hasobject
     return isinstance(obj, np.dtype) or (isinstance(obj, np.generic) and obj.dtype != object)
+
+
+def gone(pid: int, within: float = 0.0) -> bool:
+    """Whether process ``pid`` has exited (a zombie counts), waiting up to ``within`` seconds.
+
+    A process's sockets close before it exits: a peer that sees a
+    connection end waits a moment here to learn whether its peer died.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    except (AttributeError, OSError):  # no pidfd here: the zombie state tells
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                        return True
+            except OSError:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+    try:
+        return bool(select.select([pidfd], [], [], within)[0])
+    finally:
+        os.close(pidfd)
 
 
 def sweep(pid: int) -> int:
