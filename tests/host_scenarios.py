@@ -115,3 +115,68 @@ class Sleepy:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return x * 2.0
+
+
+class Recorder:
+    """A row-wise model for a shared host: answers ``2x + 1`` and records each batch's rows."""
+
+    def __init__(self, tag: str = "", delay: float = 0.0) -> None:
+        self.tag = tag  # a test's own tag: its own shared host
+        self.delay = delay
+        self.batches: list[int] = []
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        import time
+
+        self.batches.append(int(x.shape[0]))
+        time.sleep(self.delay)
+        return x * 2.0 + 1.0
+
+    def rows_seen(self) -> list[int]:
+        return list(self.batches)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def hang(self, seconds: float) -> float:
+        import time
+
+        time.sleep(seconds)
+        return seconds
+
+    def frameworks(self) -> list[str]:
+        import sys
+
+        return sorted(m for m in ("tensorflow", "keras", "torch", "jax") if m in sys.modules)
+
+
+def shared_client(tag: str, rows: int, calls: int, seed: int) -> dict[str, Any]:
+    """In a process of its own: a shared proxy's answers, checked row for row."""
+    import sys
+
+    proxy = forksafe.lazy_model(Recorder, tag, isolation="shared", timeout=60)
+    rng = np.random.default_rng(seed)
+    wrong = 0
+    for _ in range(calls):
+        x = rng.standard_normal((int(rng.integers(1, rows + 1)), 3))
+        wrong += not np.array_equal(proxy.predict(x), x * 2.0 + 1.0)
+    return {
+        "wrong": wrong,
+        "host": forksafe.info(proxy).host_pid,
+        "pid": os.getpid(),
+        "frameworks": sorted(m for m in ("tensorflow", "keras") if m in sys.modules),
+    }
+
+
+def keras_through_a_shared_host(models: Models) -> dict[str, Any]:
+    """In a fresh interpreter: predict through a shared host; which frameworks got imported."""
+    import sys
+
+    x, _ = models.reference()
+    proxy = forksafe.load_model(models.keras, isolation="shared", timeout=120)
+    y = proxy.predict_on_batch(x)
+    return {
+        "y": y,
+        "in_effect": forksafe.info(proxy).in_effect,
+        "frameworks": sorted(m for m in ("tensorflow", "keras", "tf_keras") if m in sys.modules),
+    }

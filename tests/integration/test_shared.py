@@ -1,0 +1,210 @@
+"""isolation='shared': one host for every process of this user, batching, failures, lifetime."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+import forksafe
+from forksafe._host import shared as shared_host
+from tests import host_scenarios
+from tests.helpers import fork_many, run_clean
+from tests.host_scenarios import Recorder
+from tests.models import Models
+from tests.procs import wait_gone
+
+pytestmark = pytest.mark.timeout(300)
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture
+def tag() -> Iterator[str]:
+    """A tag of this test's own: its proxies share a host no other test uses.
+
+    Afterwards that host is stopped (it would linger for its grace period).
+    """
+    value = uuid.uuid4().hex
+    yield value
+    proxy = forksafe.lazy_model(Recorder, value, isolation="shared", timeout=30)
+    pid = proxy.pid()
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone(pid)
+
+
+def shared(tag: str, **options: Any) -> forksafe.ModelProxy:
+    """A shared proxy of this test's Recorder."""
+    return forksafe.lazy_model(Recorder, tag, isolation="shared", timeout=30, **options)
+
+
+def test_fork_siblings_spawned_workers_and_unrelated_processes_share_one_host(tag: str) -> None:
+    """Four fork children racing to start it, a spawned worker, another interpreter: one host."""
+    outcomes = fork_many(
+        lambda i: host_scenarios.shared_client(tag, 5, 20, i), 4, timeout=120
+    )  # racing starters: nobody has started it yet
+    forked = [o.get() for o in outcomes]
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        spawned = pool.apply(host_scenarios.shared_client, (tag, 5, 20, 99))
+    code = f"""
+        from tests import host_scenarios
+        print(host_scenarios.shared_client({tag!r}, 5, 20, 7)["host"])
+    """
+    other = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    hosts = {r["host"] for r in [*forked, spawned]} | {int(other.stdout.split()[-1])}
+    assert len(hosts) == 1, hosts
+    assert all(r["wrong"] == 0 for r in [*forked, spawned])
+    assert hosts.isdisjoint({r["pid"] for r in [*forked, spawned]} | {os.getpid()})
+
+
+def test_concurrent_calls_are_joined_and_every_caller_gets_its_own_rows(tag: str) -> None:
+    """16 threads, random batch sizes: answers equal in-process ones row for row; batches formed."""
+    proxy = shared(tag, max_batch=32, max_wait_ms=5)
+    rng = np.random.default_rng(11)
+    inputs = [
+        [rng.standard_normal((int(rng.integers(1, 6)), 3)) for _ in range(20)] for _ in range(16)
+    ]
+    reference = Recorder()
+    wrong: list[Any] = []
+
+    def worker(xs: list[np.ndarray]) -> None:
+        for x in xs:
+            if not np.array_equal(proxy.predict(x), reference.predict(x)):
+                wrong.append(x)
+
+    threads = [threading.Thread(target=worker, args=(xs,)) for xs in inputs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not wrong
+    seen = proxy.rows_seen()
+    assert sum(seen) == sum(x.shape[0] for xs in inputs for x in xs)
+    assert max(seen) > 5, "no call was ever joined with another"
+    assert max(seen) <= 32
+
+
+def test_max_batch_1_never_joins(tag: str) -> None:
+    """With max_batch=1 every call runs alone."""
+    proxy = shared(tag, max_batch=1)
+    threads = [
+        threading.Thread(target=lambda: [proxy.predict(np.ones((1, 3))) for _ in range(10)])
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert proxy.rows_seen() == [1] * 40
+
+
+def test_a_dead_host_is_one_error_per_client_and_one_replacement(tag: str) -> None:
+    """Killed: each of four clients hears HostCrashedError once; then all share one new host."""
+    first = shared(tag).pid()
+
+    def client(index: int) -> dict[str, Any]:
+        proxy = shared(tag)
+        assert proxy.pid() == first
+        time.sleep(1.0)  # the parent kills the host meanwhile
+        errors = 0
+        answers = []
+        for _ in range(3):
+            try:
+                answers.append(proxy.pid())
+            except forksafe.HostCrashedError:
+                errors += 1
+        return {"errors": errors, "hosts": set(answers)}
+
+    killer = threading.Timer(0.5, os.kill, (first, signal.SIGKILL))
+    killer.start()
+    results = [o.get() for o in fork_many(client, 4, timeout=120)]
+    killer.join()
+    assert [r["errors"] for r in results] == [1, 1, 1, 1]
+    replacements = set().union(*(r["hosts"] for r in results))
+    assert len(replacements) == 1 and first not in replacements
+
+
+def test_a_client_that_dies_mid_call_costs_the_others_nothing(tag: str) -> None:
+    """One client is killed inside a call; the others' calls (joined or not) all answer."""
+    proxy = shared(tag, max_wait_ms=20)
+    host = proxy.pid()
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            shared(tag).hang(30)
+        finally:
+            os._exit(0)
+    try:
+        time.sleep(0.5)  # most likely inside hang() by now: the model's thread is busy
+        os.kill(pid, signal.SIGKILL)
+    finally:
+        os.waitpid(pid, 0)
+    x = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(proxy.predict(x), x * 2.0 + 1.0)
+    assert proxy.pid() == host
+
+
+def test_a_hung_call_is_bounded_for_its_caller_and_the_host_replaced(tag: str) -> None:
+    """A call past its timeout: HostTimeoutError for it; the host ends after its own bound."""
+    starter = forksafe.lazy_model(Recorder, tag, isolation="shared", timeout=2)
+    host = starter.pid()
+    start = time.monotonic()
+    with pytest.raises(forksafe.HostTimeoutError):
+        starter.hang(60)
+    assert time.monotonic() - start < 2 + 2
+    assert wait_gone(host, 10), "the host kept a hung call for good"
+    assert starter.pid() != host
+
+
+def test_an_interrupted_call_never_answers_a_later_one(tag: str) -> None:
+    """Ctrl-C during a shared call: the connection is retired, the host serves on."""
+    proxy = shared(tag)
+    host = proxy.pid()
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        proxy.hang(2.0)
+    timer.join()
+    x = np.ones((1, 3))
+    np.testing.assert_array_equal(proxy.predict(x), x * 2.0 + 1.0)
+    assert proxy.pid() == host
+
+
+def test_the_host_leaves_after_its_grace_period(tag: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No client left: the host exits once its grace period has passed."""
+    monkeypatch.setattr(shared_host, "GRACE_SECONDS", 0.5)
+    proxy = shared(f"{tag}-grace")
+    host = proxy.pid()
+    _sock, _lock, log = proxy.__wrapped__._client.opener.paths()
+    del proxy
+    gc.collect()
+    assert wait_gone(host, 10)
+    assert os.path.exists(log)
+
+
+def test_workers_that_use_a_shared_keras_model_never_import_tensorflow(models: Models) -> None:
+    """A fresh worker calling a shared Keras model: numpy only, TensorFlow stays out."""
+    result = run_clean(host_scenarios.keras_through_a_shared_host, models, spawn=True).get()
+    _, reference = models.reference()
+    np.testing.assert_allclose(result["y"], reference, atol=1e-5)
+    assert result["frameworks"] == []
+    assert result["in_effect"] == "shared"
