@@ -27,6 +27,8 @@ class ProxyInfo:
         in_effect: where the model runs now, ``"inprocess"``, ``"shared"`` or
             ``"process"``; ``None`` when not loaded in this process.
         host_pid: the pid of the host process serving the model, if any.
+        host_log: where a shared host writes its output (its model's prints,
+            progress bars, errors), if the model runs in one.
         source: the path, or the factory's name.
         generation: how many forks lie between this process and the
             process that imported forksafe first.
@@ -42,6 +44,7 @@ class ProxyInfo:
     host_pid: int | None
     source: str
     generation: int
+    host_log: str | None = None
 
 
 def info(proxy: ModelProxy) -> ProxyInfo:
@@ -63,4 +66,5 @@ def info(proxy: ModelProxy) -> ProxyInfo:
         host_pid=model.host_pid if hosted else None,
         source=proxy._self_source.describe(),
         generation=_forking.generation,
+        host_log=meta.get("log"),
     )

@@ -20,7 +20,7 @@ import pytest
 
 import forksafe
 from forksafe._host import shared as shared_host
-from tests import host_scenarios
+from tests import host_scenarios, scenarios
 from tests.helpers import fork_many, run_clean
 from tests.host_scenarios import Recorder
 from tests.models import Models
@@ -194,7 +194,8 @@ def test_the_host_leaves_after_its_grace_period(tag: str, monkeypatch: pytest.Mo
     monkeypatch.setattr(shared_host, "GRACE_SECONDS", 0.5)
     proxy = shared(f"{tag}-grace")
     host = proxy.pid()
-    _sock, _lock, log = proxy.__wrapped__._client.opener.paths()
+    log = forksafe.info(proxy).host_log
+    assert log is not None
     del proxy
     gc.collect()
     assert wait_gone(host, 10)
@@ -208,3 +209,22 @@ def test_workers_that_use_a_shared_keras_model_never_import_tensorflow(models: M
     np.testing.assert_allclose(result["y"], reference, atol=1e-5)
     assert result["frameworks"] == []
     assert result["in_effect"] == "shared"
+
+
+def test_the_shared_hosts_output_goes_to_its_log(tag: str) -> None:
+    """What the loader and the model print lands in the log that info() names."""
+    proxy = forksafe.lazy_model(
+        scenarios.printing_factory, f"factory {tag}", isolation="shared", timeout=30
+    )
+    assert proxy.shout(f"model {tag}") == f"model {tag}"
+    log = forksafe.info(proxy).host_log
+    assert log is not None and os.stat(log).st_mode & 0o777 == 0o600
+    with open(log, encoding="utf-8") as f:
+        text = f.read()
+    for line in (
+        f"factory {tag}: building the model",
+        f"model {tag} on stdout",
+        f"model {tag} on stderr",
+    ):
+        assert line in text
+    os.kill(proxy.pid(), signal.SIGKILL)
