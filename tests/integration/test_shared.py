@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -228,3 +229,25 @@ def test_the_shared_hosts_output_goes_to_its_log(tag: str) -> None:
     ):
         assert line in text
     os.kill(proxy.pid(), signal.SIGKILL)
+
+
+def test_a_failed_load_is_not_cached(models: Models, tmp_path: Any) -> None:
+    """A corrupt file: ModelLoadError; once the file is fixed, a later use loads it."""
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"not a zip")
+    proxy = forksafe.load_model(path, isolation="shared", timeout=60)
+    with pytest.raises(forksafe.ModelLoadError, match="not a zip archive"):
+        proxy.predict_on_batch  # noqa: B018
+    assert not forksafe.info(proxy).loaded
+    shutil.copyfile(models.keras, path)
+    x, reference = models.reference()
+    deadline = time.monotonic() + 20
+    while True:  # the failed host answers with its error for a moment, then leaves
+        try:
+            y = proxy.predict_on_batch(x)
+            break
+        except forksafe.ModelLoadError:
+            assert time.monotonic() < deadline, "the failed load was cached"
+            time.sleep(0.2)
+    np.testing.assert_allclose(y, reference, atol=1e-5)
+    os.kill(forksafe.info(proxy).host_pid or 0, signal.SIGKILL)
