@@ -580,3 +580,13 @@ def hosted_torch_tensors() -> dict[str, Any]:
         "host_pid": forksafe.info(proxy).host_pid,
         "pid": os.getpid(),
     }
+
+
+def plain_load_next_to_tensorflow() -> dict[str, Any]:
+    """TensorFlow imported, never run: loading a framework-free model must not start it."""
+    import tensorflow  # noqa: F401  (imported, as a Keras app's worker module does)
+
+    proxy = forksafe.lazy_model(NumpyModel, 3.0)
+    proxy.predict(np.ones(2))
+    child = fork_call(lambda: (forksafe.lazy_model(NumpyModel).built_in, os.getpid()), timeout=30)
+    return {"state": forksafe.runtime_state().tensorflow, "child": child.get()}

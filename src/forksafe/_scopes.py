@@ -22,6 +22,8 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, TypeVar
 
+from forksafe._probes import tensorflow_started
+
 __all__ = ["caller_thread", "continued_from", "inside", "process_eager", "run_outside"]
 
 T = TypeVar("T")
@@ -51,7 +53,10 @@ def process_eager() -> bool:
 def inside() -> str | None:
     """What the calling thread is inside that a load must not see, or ``None``."""
     tf = sys.modules.get("tensorflow")
-    if tf is not None and hasattr(tf, "inside_function"):
+    # Asking TensorFlow creates its default graph, which starts a runtime
+    # thread: never in a process where it has not started (then no trace or
+    # graph of the caller can exist either: making one starts it).
+    if tf is not None and hasattr(tf, "inside_function") and tensorflow_started():
         if tf.inside_function():
             return "a TensorFlow function trace"
         if bool(tf.executing_eagerly()) != process_eager():

@@ -146,3 +146,15 @@ def test_gevent_reinit_after_a_raw_fork_resets_proxies() -> None:
     child = result["child"]
     assert child["loaded_first"] == child["pid"] != result["parent_pid"]
     assert child["unloaded"] == child["pid"]
+
+
+def test_loading_a_framework_free_model_leaves_tensorflow_unstarted() -> None:
+    """A numpy model loaded where TensorFlow is imported: TF stays unstarted, children in-process.
+
+    The check for a caller's trace once created TensorFlow's default graph,
+    whose runtime thread made every fork child go to a host.
+    """
+    result = run_clean(scenarios.plain_load_next_to_tensorflow, timeout=120).get()
+    assert not result["state"].started
+    built_in, child_pid = result["child"]
+    assert built_in == child_pid  # in-process, not in a host
