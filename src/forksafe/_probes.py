@@ -127,7 +127,9 @@ def _program_counter(tid: str) -> int | None:
 # Threads that existed when torch was imported: a spinning thread (no program
 # counter to read) counts as an OpenMP worker only if it is newer than these.
 _torch_baseline: set[str] | None = None
-_SPIN_RETRIES = 20  # OpenMP workers spin for well under a millisecond after a region
+# OpenMP workers spin for well under a millisecond after a region, once they get a
+# core: on a loaded machine that can take tens of milliseconds.
+_SPIN_RETRIES = 100
 
 
 def openmp_pool_threads() -> int:
