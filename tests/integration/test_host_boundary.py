@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +18,8 @@ import forksafe
 from tests import host_scenarios
 from tests.helpers import fork_call, run_clean
 from tests.models import Models
-from tests.procs import segments_back_to, shm_segments, wait_gone
-from tests.scenarios import HostProbe
 
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def probe() -> Iterator[forksafe.ModelProxy]:
-    """A process-isolated HostProbe; its host is stopped and its segments gone afterwards."""
-    before = shm_segments()
-    proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
-    yield proxy
-    pid = forksafe.info(proxy).host_pid
-    if pid is not None:
-        os.kill(pid, signal.SIGKILL)
-        assert wait_gone(pid)
-    assert segments_back_to(before) <= set(proxy.__wrapped__._client.segment_names())
 
 
 class SoftTimeLimit(Exception):

@@ -39,7 +39,7 @@ from forksafe._host.wire import (
     encode,
     error_envelope,
     frame_id,
-    peer_of,
+    peers,
     set_timeouts,
     unpickle_request,
 )
@@ -291,26 +291,6 @@ def _take_output(log_path: str) -> None:
             stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
 
 
-def _accept_forever(listener: socket.socket, hub: _Hub) -> None:
-    while True:
-        try:
-            sock, _ = listener.accept()
-        except OSError:
-            time.sleep(0.05)
-            continue
-        try:
-            peer = peer_of(sock)
-        except OSError:
-            sock.close()
-            continue
-        if peer.uid != os.getuid():
-            sock.close()
-            continue
-        threading.Thread(
-            target=hub.serve_client, args=(sock, peer), name="forksafe-shared-client", daemon=True
-        ).start()
-
-
 def main() -> None:
     """Entry point: read the config, detach, bind, report, load, serve."""
     config_fd, report_fd = int(sys.argv[1]), int(sys.argv[2])
@@ -341,4 +321,7 @@ def main() -> None:
         print(f"forksafe shared host {os.getpid()}: the load failed", flush=True)
         threading.Timer(_FAILED_LOAD_LINGER, os._exit, (1,)).start()
     threading.Thread(target=hub.run_forever, name="forksafe-shared-model", daemon=True).start()
-    _accept_forever(listener, hub)
+    for sock, peer in peers(listener):
+        threading.Thread(
+            target=hub.serve_client, args=(sock, peer), name="forksafe-shared-client", daemon=True
+        ).start()

@@ -42,16 +42,6 @@ __all__ = ["attribute", "invoke", "model_meta", "plain_result", "serve"]
 _POLL = 1.0  # seconds between liveness checks where there is no pidfd
 
 
-def _client_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _describe(value: Any) -> str:
     kind = type(value)
     name = f"{kind.__module__}.{kind.__qualname__}"
@@ -143,7 +133,7 @@ def _exit_when_client_dies(client_pid: int, pool: SegmentPool) -> None:
     try:
         pidfd = os.pidfd_open(client_pid)
     except (AttributeError, OSError):
-        while _client_alive(client_pid):
+        while not gone(client_pid):
             time.sleep(_POLL)
     else:
         select.select([pidfd], [], [])

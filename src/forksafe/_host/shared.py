@@ -18,7 +18,6 @@ import fcntl
 import os
 import pickle
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,14 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from forksafe._errors import HostError, HostTimeoutError
-from forksafe._host.wire import SHARED_COMMAND, checkpoint, decode, peer_of, set_timeouts
+from forksafe._host.wire import (
+    SHARED_COMMAND,
+    checkpoint,
+    decode,
+    peer_of,
+    set_timeouts,
+    start_detached,
+)
 
 __all__ = ["GRACE_SECONDS", "SharedHost", "runtime_dir"]
 
@@ -135,64 +141,27 @@ class SharedHost:
                     f"{type(exc).__name__}: {exc}; loaders and factories must be picklable "
                     "(functions and classes defined at module level in an importable module)"
                 ) from exc
-            config_r, config_w = os.pipe()
-            report_r, report_w = os.pipe()
-            try:
-                # The host inherits the locked descriptor and keeps it for life.
-                process = subprocess.Popen(
-                    [sys.executable, "-I", "-c", SHARED_COMMAND, str(config_r), str(report_w)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                    pass_fds=(config_r, report_w, lock),
-                )
-            finally:
-                os.close(config_r)
-                os.close(report_w)
-            self._hand_over(process, config_w, report_r, loader, (sock_path, log_path), timeout)
+            config = {
+                "socket": sock_path,
+                "log": log_path,
+                "describe": self.describe,
+                "loader": loader,  # unpickled there once sys.path is the client's
+                "sys_path": [p or os.getcwd() for p in sys.path],
+                "grace_s": GRACE_SECONDS,
+                "call_timeout_s": timeout,
+                **self.options,
+            }
+            # The host inherits the locked descriptor and keeps it for life.
+            start_detached(
+                SHARED_COMMAND,
+                config,
+                keep_fds=(lock,),
+                timeout=timeout,
+                what=f"the shared model host for {self.describe!r}",
+            )
             return True
         finally:
             os.close(lock)
-
-    def _hand_over(
-        self,
-        process: subprocess.Popen[bytes],
-        config_w: int,
-        report_r: int,
-        loader: bytes,
-        paths: tuple[str, str],
-        timeout: float,
-    ) -> None:
-        writer = Connection(config_w, readable=False)
-        reader = Connection(report_r, writable=False)
-        try:
-            writer.send(
-                {
-                    "socket": paths[0],
-                    "log": paths[1],
-                    "describe": self.describe,
-                    "loader": loader,  # unpickled there once sys.path is the client's
-                    "sys_path": [p or os.getcwd() for p in sys.path],
-                    "grace_s": GRACE_SECONDS,
-                    "call_timeout_s": timeout,
-                    **self.options,
-                }
-            )
-            writer.close()
-            process.wait(timeout)  # the first process exits as soon as the host detaches
-            if not reader.poll(timeout):
-                raise HostTimeoutError(f"the shared model host did not start within {timeout} s")
-            reader.recv()
-        except subprocess.TimeoutExpired:
-            raise HostTimeoutError(
-                f"the shared model host did not start within {timeout} s"
-            ) from None
-        finally:
-            writer.close()
-            reader.close()
-            if process.returncode is None:
-                process.kill()
-                process.wait()
 
     def first_request(self) -> tuple[Any, ...]:
         """What a new connection asks first: what the host loaded (it loads on its own)."""

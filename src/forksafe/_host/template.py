@@ -31,7 +31,7 @@ from typing import Any
 from forksafe._frameworks import FRAMEWORKS
 from forksafe._host.server import serve
 from forksafe._host.transport import gone, sweep
-from forksafe._host.wire import TEMPLATE_COMMAND, peer_of
+from forksafe._host.wire import TEMPLATE_COMMAND, peers
 
 __all__ = ["main"]
 
@@ -46,23 +46,13 @@ _last_change = time.monotonic()
 _GRACE = 2.0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _watch_anchor(anchor: int) -> None:
     try:
         pidfd = os.pidfd_open(anchor)
     except ProcessLookupError:
         pass
     except (AttributeError, OSError):
-        while _alive(anchor):
+        while not gone(anchor):
             time.sleep(1.0)
     else:
         select.select([pidfd], [], [])
@@ -98,20 +88,7 @@ def _reap_hosts() -> None:
 
 def _serve_forever(listener: socket.socket, key: bytes) -> None:
     global _last_change
-    while True:
-        try:
-            sock, _ = listener.accept()
-        except OSError:  # EMFILE and the like: do not spin
-            time.sleep(0.05)
-            continue
-        try:
-            peer = peer_of(sock)
-        except OSError:
-            sock.close()
-            continue
-        if peer.uid != os.getuid():
-            sock.close()
-            continue
+    for sock, peer in peers(listener):
         with _fork_lock:
             child = os.fork()
             if child == 0:

@@ -17,7 +17,6 @@ import os
 import secrets
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,6 +37,7 @@ from forksafe._host.wire import (
     peer_of,
     send_fd,
     set_timeouts,
+    start_detached,
 )
 
 __all__ = ["TreeHost"]
@@ -131,46 +131,16 @@ class _Templates:
 
     def _start(self, address: str, timeout: float) -> None:
         """Start a template at ``address``; it yields at once if a sibling got there first."""
-        config_r, config_w = os.pipe()
-        report_r, report_w = os.pipe()
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-I", "-c", TEMPLATE_COMMAND, str(config_r), str(report_w)],
-                stdin=subprocess.DEVNULL,
-                pass_fds=(config_r, report_w),
-            )
-        finally:
-            os.close(config_r)
-            os.close(report_w)
-        writer = Connection(config_w, readable=False)
-        reader = Connection(report_r, writable=False)
-        try:
-            writer.send(
-                {
-                    "address": address,
-                    "key": self.key,
-                    "anchor": self.anchor,
-                    "preload": list(_preload),
-                    # As this process resolves imports, without '' (the
-                    # template's own start-up never looks in the directory).
-                    "sys_path": [p or os.getcwd() for p in sys.path],
-                }
-            )
-            writer.close()
-            process.wait(timeout)  # the first process exits as soon as the template detaches
-            if not reader.poll(timeout):
-                raise HostTimeoutError(f"the model host template did not start within {timeout} s")
-            reader.recv()
-        except subprocess.TimeoutExpired:
-            raise HostTimeoutError(
-                f"the model host template did not start within {timeout} s"
-            ) from None
-        finally:
-            writer.close()
-            reader.close()
-            if process.returncode is None:
-                process.kill()
-                process.wait()
+        config = {
+            "address": address,
+            "key": self.key,
+            "anchor": self.anchor,
+            "preload": list(_preload),
+            # As this process resolves imports, without '' (the template's
+            # own start-up never looks in the directory).
+            "sys_path": [p or os.getcwd() for p in sys.path],
+        }
+        start_detached(TEMPLATE_COMMAND, config, timeout=timeout, what="the model host template")
 
 
 def _stderr() -> int | None:

@@ -20,13 +20,16 @@ import os
 import pickle
 import socket
 import struct
-from collections.abc import Callable
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
 from forksafe import _errors
-from forksafe._errors import HostError
+from forksafe._errors import HostError, HostTimeoutError
 
 __all__ = [
     "HANDSHAKE_SECONDS",
@@ -39,11 +42,13 @@ __all__ = [
     "encode",
     "error_envelope",
     "peer_of",
+    "peers",
     "raise_envelope",
     "recv_fd",
     "send_fd",
     "server_handshake",
     "set_timeouts",
+    "start_detached",
 ]
 
 # How a template or a shared host is started: ``python -I -c COMMAND CONFIG_FD
@@ -101,6 +106,74 @@ def set_timeouts(sock: socket.socket | int, seconds: float) -> None:
     value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+
+
+def start_detached(
+    command: str,
+    config: dict[str, Any],
+    *,
+    keep_fds: tuple[int, ...] = (),
+    timeout: float,
+    what: str,
+) -> dict[str, Any]:
+    """Start ``python -I -c command CONFIG_FD REPORT_FD``, hand it ``config``, return its report.
+
+    The child detaches (forks and exits its first process, which is reaped
+    here at once) and reports on the second pipe; every wait is bounded by
+    ``timeout``, and a child that does not report in time is killed.
+    ``keep_fds`` are descriptors the child inherits (a lock it keeps).
+    """
+    config_r, config_w = os.pipe()
+    report_r, report_w = os.pipe()
+    try:
+        process = subprocess.Popen(
+            [sys.executable, "-I", "-c", command, str(config_r), str(report_w)],
+            stdin=subprocess.DEVNULL,
+            pass_fds=(config_r, report_w, *keep_fds),
+        )
+    finally:
+        os.close(config_r)
+        os.close(report_w)
+    writer = Connection(config_w, readable=False)
+    reader = Connection(report_r, writable=False)
+    try:
+        writer.send(config)
+        writer.close()
+        process.wait(timeout)  # the first process exits as soon as the child detaches
+        if not reader.poll(timeout):
+            raise HostTimeoutError(f"{what} did not start within {timeout} s")
+        report: dict[str, Any] = reader.recv()
+        return report
+    except subprocess.TimeoutExpired:
+        raise HostTimeoutError(f"{what} did not start within {timeout} s") from None
+    finally:
+        writer.close()
+        reader.close()
+        if process.returncode is None:
+            process.kill()
+            process.wait()
+
+
+def peers(listener: socket.socket) -> Iterator[tuple[socket.socket, Peer]]:
+    """Accepted connections of this user, with their credentials; others are closed at once.
+
+    Never waits for a peer to speak: what it says is for whoever serves it.
+    """
+    while True:
+        try:
+            sock, _ = listener.accept()
+        except OSError:  # EMFILE and the like: do not spin
+            time.sleep(0.05)
+            continue
+        try:
+            peer = peer_of(sock)
+        except OSError:
+            sock.close()
+            continue
+        if peer.uid != os.getuid():
+            sock.close()
+            continue
+        yield sock, peer
 
 
 def client_handshake(conn: Connection, key: bytes) -> None:
