@@ -31,7 +31,7 @@ from typing import Any
 
 from forksafe._errors import HostError
 from forksafe._host.batching import batch_key, join, split
-from forksafe._host.server import attribute, invoke, model_meta, plain_result
+from forksafe._host.server import attribute, invoke, model_meta, plain_result, take_output
 from forksafe._host.transport import SegmentPool, gone, sweep, unpack
 from forksafe._host.wire import (
     HANDSHAKE_SECONDS,
@@ -281,16 +281,6 @@ class _Hub:
                 os._exit(0)
 
 
-def _take_output(log_path: str) -> None:
-    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-
-
 def main() -> None:
     """Entry point: read the config, detach, bind, report, load, serve."""
     config_fd, report_fd = int(sys.argv[1]), int(sys.argv[2])
@@ -300,7 +290,7 @@ def main() -> None:
     if os.fork():  # the starter reaps this first process at once
         os._exit(0)
     os.setsid()
-    _take_output(config["log"])
+    take_output(os.open(config["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
     sys.path[:] = config["sys_path"]
     with contextlib.suppress(FileNotFoundError):  # a dead host's: we hold the start lock
         os.unlink(config["socket"])

@@ -37,7 +37,7 @@ from forksafe._host.wire import (
     unpickle_request,
 )
 
-__all__ = ["attribute", "invoke", "model_meta", "plain_result", "serve"]
+__all__ = ["attribute", "invoke", "model_meta", "plain_result", "serve", "take_output"]
 
 _POLL = 1.0  # seconds between liveness checks where there is no pidfd
 
@@ -150,8 +150,8 @@ def _flush() -> None:
             stream.flush()
 
 
-def _take_output(fd: int | None) -> None:
-    """Make the client's standard error this process's fd 1 and 2, line-buffered."""
+def take_output(fd: int | None) -> None:
+    """Make ``fd`` (a client's stderr, a log; ``None``: nowhere) fd 1 and 2, line-buffered."""
     _flush()
     if fd is None:
         fd = os.open(os.devnull, os.O_WRONLY)
@@ -178,7 +178,7 @@ def serve(sock: socket.socket, client: Peer, key: bytes) -> None:
     conn = Connection(sock.detach())
     try:
         server_handshake(conn, key)
-        _take_output(recv_fd(conn))
+        take_output(recv_fd(conn))
     except (OSError, EOFError, Exception):
         return  # an unauthenticated or vanished peer gets nothing more
     pool = SegmentPool()
