@@ -116,9 +116,15 @@ class _Hub:
             first = self._next()
             assert first is not None
             batch = [first]
-            if first.key is not None:
-                self._gather(batch)
-            self._run(batch)
+            try:
+                if first.key is not None:
+                    self._gather(batch)
+                self._run(batch)
+            except BaseException as exc:  # this thread must not die: its callers would wait
+                envelope = error_envelope(exc, traceback.format_exc())
+                for call in batch:
+                    call.result = ("error", envelope)
+                    call.done.set()
 
     def _gather(self, batch: list[_Call]) -> None:
         """Join calls of the same key to ``batch``, up to max_batch rows, waiting a little."""
@@ -254,7 +260,13 @@ class _Hub:
         else:
             return "error", error_envelope(HostError(f"unknown request {op!r}"), "")
         self.calls.put(call)
-        call.done.wait()
+        # Bounded twice over: the watchdog ends this process once a call runs
+        # past call_timeout; this wait covers the queue in front of it too.
+        if not call.done.wait(self.call_timeout * 2 + 5.0):
+            return "error", error_envelope(
+                HostError(f"the shared host did not get to this call within {self.call_timeout} s"),
+                "",
+            )
         return call.result
 
     # -- lifetime ------------------------------------------------------------
