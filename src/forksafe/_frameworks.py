@@ -21,6 +21,7 @@ __all__ = [
     "concurrent_calls",
     "display",
     "framework_of_value",
+    "imported",
     "to_numpy",
 ]
 
@@ -57,6 +58,15 @@ _BY_PACKAGE = {package: f.name for f in FRAMEWORKS for package in f.packages}
 # Modules a host template imports ahead of time when the client has them:
 # a host then costs a fork, not an import.
 PRELOADABLE = ("tensorflow", "keras", "tf_keras", "jax", "torch")
+
+
+_ALL_PACKAGES = tuple(sorted({*PRELOADABLE, *_BY_PACKAGE}))
+
+
+def imported() -> bool:
+    """Whether this process has imported any framework (Keras included)."""
+    modules = sys.modules
+    return any(name in modules for name in _ALL_PACKAGES)
 
 
 def display(name: str) -> str:
