@@ -7,7 +7,7 @@ clear error (instead of hanging) in a fork child whose parent had already
 started the framework runtime.
 """
 
-from forksafe import _forking, _runtime
+from forksafe import _dask, _forking, _runtime
 from forksafe._errors import (
     ForkSafeError,
     ForkSafeWarning,
@@ -45,3 +45,4 @@ __all__ = [
 
 _forking.install()
 _runtime.install()
+_dask.install()
