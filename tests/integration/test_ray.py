@@ -1,0 +1,61 @@
+"""Ray: a local cluster started from the command line, bound to 127.0.0.1 only.
+
+A driver in a fresh interpreter ships one proxy every way users do (a task
+argument, ``ray.put``, a closure, an actor, a Ray Data constructor
+argument). Each worker process loads once; the driver never loads and never
+imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.models import Models
+from tests.workers.engines import check_answers, engine_or_skip, loads_by_pid, run_driver
+from tests.workers.harness import ROOT, worker_process
+
+pytestmark = pytest.mark.timeout(420)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_local_cluster(models: Models, tmp_path: Any) -> None:
+    """Right answers, one load per worker process (tasks, actors, Ray Data), none in the driver."""
+    engine_or_skip("ray", "Ray")
+    port = free_port()
+    load_log = str(tmp_path / "loads.log")
+    # Ray's session directory holds Unix sockets: keep its path short.
+    with tempfile.TemporaryDirectory(prefix="fsray") as temp:
+        args = ["ray.scripts.scripts", "start", "--head", "--block"]
+        args += ["--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "2"]
+        args += ["--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp]
+        # Token authentication on, with a token of this test's own (not ~/.ray's).
+        env = {"PYTHONPATH": ROOT, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+        env["RAY_AUTH_TOKEN"] = uuid.uuid4().hex
+        with worker_process(args, env, str(tmp_path / "ray.log"), "Ray runtime started", 120):
+            result = run_driver(
+                "ray_driver",
+                [f"127.0.0.1:{port}", models.keras, load_log],
+                env,
+                str(tmp_path / "driver.log"),
+            )
+    _, reference = models.reference()
+    answered: set[int] = set()
+    for answers in result["results"].values():
+        answered |= check_answers(answers, reference)
+        assert {a["in_effect"] for a in answers} == {"inprocess"}
+    loads = loads_by_pid(load_log)
+    assert result["driver"]["pid"] not in loads, "the driver loaded the model"
+    assert set(loads.values()) == {1}, loads  # each process loaded once
+    assert set(loads) == answered  # and only processes that answered
+    assert not result["driver"]["loaded"] and result["driver"]["frameworks"] == []
