@@ -8,14 +8,19 @@ imports TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import tempfile
+import time
 import uuid
 from typing import Any
 
 import pytest
 
 from tests.models import Models
+from tests.procs import alive
 from tests.workers.engines import check_answers, engine_or_skip, loads_by_pid, run_driver
 from tests.workers.harness import ROOT, worker_process
 
@@ -27,6 +32,33 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def started_with(marker: str) -> set[int]:
+    """Live processes whose environment holds ``marker`` (all that the cluster started)."""
+    found = set()
+    needle = marker.encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle in f.read():
+                        found.add(int(entry))
+            except OSError:
+                continue
+    return {pid for pid in found if alive(pid)}
+
+
+def stopped(marker: str, timeout: float = 30.0) -> set[int]:
+    """Wait, bounded, for the cluster's processes to exit; kill and return any left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and started_with(marker):
+        time.sleep(0.5)
+    left = started_with(marker)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
 
 
 def test_local_cluster(models: Models, tmp_path: Any) -> None:
@@ -41,14 +73,18 @@ def test_local_cluster(models: Models, tmp_path: Any) -> None:
         args += ["--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp]
         # Token authentication on, with a token of this test's own (not ~/.ray's).
         env = {"PYTHONPATH": ROOT, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-        env["RAY_AUTH_TOKEN"] = uuid.uuid4().hex
-        with worker_process(args, env, str(tmp_path / "ray.log"), "Ray runtime started", 120):
-            result = run_driver(
-                "ray_driver",
-                [f"127.0.0.1:{port}", models.keras, load_log],
-                env,
-                str(tmp_path / "driver.log"),
-            )
+        env["RAY_AUTH_TOKEN"] = token = uuid.uuid4().hex
+        try:
+            with worker_process(args, env, str(tmp_path / "ray.log"), "Ray runtime started", 120):
+                result = run_driver(
+                    "ray_driver",
+                    [f"127.0.0.1:{port}", models.keras, load_log],
+                    env,
+                    str(tmp_path / "driver.log"),
+                )
+        finally:
+            left = stopped(f"RAY_AUTH_TOKEN={token}")
+    assert not left, f"Ray processes outlived the cluster: {sorted(left)}"
     _, reference = models.reference()
     answered: set[int] = set()
     for answers in result["results"].values():
