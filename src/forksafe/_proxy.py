@@ -7,6 +7,7 @@ import functools
 import hashlib
 import os
 import pickle
+import sys
 import threading
 import uuid
 import warnings
@@ -340,11 +341,26 @@ _arrived: dict[bytes, ModelProxy] = {}
 
 
 def _key(source: Source, isolation: str, timeout: float) -> bytes | None:
-    """What a proxy of ``source`` pickles as, or ``None`` if its source cannot be pickled."""
+    """What a proxy of ``source`` pickles as, or ``None`` if its source cannot be pickled.
+
+    A factory or loader defined in ``__main__`` or as a lambda reaches workers
+    by value (cloudpickle) and pickle cannot name it there: the cloudpickle
+    that brought it (Dask's, Ray's or Spark's copy) gives its key.
+    """
+    state = (source, isolation, timeout)
     try:
-        return pickle.dumps((source, isolation, timeout), protocol=pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        return None
+        pass
+    for name in ("cloudpickle", "ray.cloudpickle", "pyspark.cloudpickle"):
+        module = sys.modules.get(name)
+        if module is not None:
+            try:
+                key: bytes = module.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                return None
+            return key
+    return None
 
 
 def _unpickled(source: Source, isolation: str, timeout: float) -> ModelProxy:

@@ -277,3 +277,18 @@ def test_a_method_ships_as_its_proxy_and_name() -> None:
     """
     pytest.importorskip("distributed", reason="dask.distributed is not installed")
     framework_free(method_ships)
+
+
+def test_arrivals_of_a_factory_pickled_by_value_share_one_proxy() -> None:
+    """A factory or loader defined in ``__main__`` (or a lambda) travels by value, by cloudpickle.
+
+    Every task that brings the proxy brings a copy of the function; the copies
+    must still be one proxy per process, or each task loads the model again.
+    """
+    cloudpickle = pytest.importorskip("cloudpickle", reason="cloudpickle is not installed")
+    proxy = forksafe.lazy_model(lambda: NumpyModel(2.0))
+    data = cloudpickle.dumps(proxy)
+    first, second = pickle.loads(data), pickle.loads(data)
+    assert first is second
+    first.predict(X)
+    assert forksafe.info(second).loads == 1
