@@ -65,6 +65,27 @@ def test_dask_example(models: Models) -> None:
     assert "client loaded: False" in output
 
 
+def test_ray_example(models: Models) -> None:
+    """Tasks, an actor and Ray Data: every worker loaded once, the driver never."""
+    pytest.importorskip("ray", reason="ray is not installed")
+    output = run_script("ray_tasks.py", models)
+    lines = re.findall(r"(task|actor|ray data): worker (\d+): loads=(\d+)", output)
+    assert sorted({way for way, _, _ in lines}) == ["actor", "ray data", "task"]
+    assert {loads for _, _, loads in lines} == {"1"}
+    assert "driver loaded: False" in output
+
+
+def test_spark_example(models: Models) -> None:
+    """mapInPandas and a pandas_udf: every Python worker loaded once, the driver never."""
+    pytest.importorskip("pyspark", reason="pyspark is not installed")
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    output = run_script("spark_partitions.py", models)
+    lines = re.findall(r"mapInPandas: worker (\d+): loads=(\d+)", output)
+    assert len(lines) == 4 and {loads for _, loads in lines} == {"1"}
+    assert "pandas_udf: loads=[1]" in output
+    assert "driver loaded: False" in output
+
+
 def test_make_model(tmp_path: Any) -> None:
     """make_model.py writes a model that loads."""
     target = tmp_path / "m.keras"
