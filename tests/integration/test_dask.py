@@ -16,13 +16,7 @@ import pytest
 
 from tests.models import Models
 from tests.procs import children_of
-from tests.workers.engines import (
-    check_answers,
-    engine_or_skip,
-    imports_tensorflow,
-    loads_by_pid,
-    run_driver,
-)
+from tests.workers.engines import check_run, engine_or_skip, imports_tensorflow, run_driver
 from tests.workers.harness import worker_process
 
 pytestmark = pytest.mark.timeout(420)
@@ -64,18 +58,9 @@ def test_cli_scheduler_and_workers(models: Models, tmp_path: Any, isolation: str
             hosts_under_scheduler = children_of(scheduler.pid)
             scheduler_has_tf = imports_tensorflow(scheduler.pid)
     _, reference = models.reference()
-    answered: set[int] = set()
-    for usage, answers in result["results"].items():
-        pids = check_answers(answers, reference)
-        assert pids <= set(result["workers"]), usage
-        assert {a["in_effect"] for a in answers} == {
-            "inprocess" if isolation == "auto" else "process"
-        }
-        answered |= pids
-    loads = loads_by_pid(load_log)
-    assert result["driver"]["pid"] not in loads, "the driver loaded the model"
-    assert not result["driver"]["loaded"] and result["driver"]["frameworks"] == []
+    in_effect = "inprocess" if isolation == "auto" else "process"
+    answered, loads = check_run(result, load_log, reference, in_effect)
+    assert answered <= set(result["workers"])
     assert scheduler.pid not in loads and not scheduler_has_tf, "the scheduler loaded it"
     assert hosts_under_scheduler == [], "the scheduler started a model host"
-    assert set(loads.values()) == {1}, loads  # each process loaded once
     assert len(loads) == len(answered)  # one load per answering worker (or its host)

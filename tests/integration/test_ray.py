@@ -21,7 +21,7 @@ import pytest
 
 from tests.models import Models
 from tests.procs import alive
-from tests.workers.engines import check_answers, engine_or_skip, loads_by_pid, run_driver
+from tests.workers.engines import check_run, engine_or_skip, run_driver
 from tests.workers.harness import ROOT, worker_process
 
 pytestmark = pytest.mark.timeout(420)
@@ -86,12 +86,5 @@ def test_local_cluster(models: Models, tmp_path: Any) -> None:
             left = stopped(f"RAY_AUTH_TOKEN={token}")
     assert not left, f"Ray processes outlived the cluster: {sorted(left)}"
     _, reference = models.reference()
-    answered: set[int] = set()
-    for answers in result["results"].values():
-        answered |= check_answers(answers, reference)
-        assert {a["in_effect"] for a in answers} == {"inprocess"}
-    loads = loads_by_pid(load_log)
-    assert result["driver"]["pid"] not in loads, "the driver loaded the model"
-    assert set(loads.values()) == {1}, loads  # each process loaded once
+    answered, loads = check_run(result, load_log, reference)
     assert set(loads) == answered  # and only processes that answered
-    assert not result["driver"]["loaded"] and result["driver"]["frameworks"] == []

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.models import Models
-from tests.workers.engines import check_answers, engine_or_skip, loads_by_pid, run_driver
+from tests.workers.engines import check_run, engine_or_skip, run_driver
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -41,17 +41,10 @@ def test_local_session(models: Models, tmp_path: Any, reuse: str) -> None:
         "spark_driver", [models.keras, load_log, reuse], env, str(tmp_path / "driver.log")
     )
     _, reference = models.reference()
-    answered: set[int] = set()
-    for answers in result["results"].values():
-        answered |= check_answers(answers, reference)
-        assert {a["in_effect"] for a in answers} == {"inprocess"}
-    loads = loads_by_pid(load_log)
-    assert result["driver"]["pid"] not in loads, "the driver loaded the model"
-    assert set(loads.values()) == {1}, loads  # each process loaded once
+    answered, loads = check_run(result, load_log, reference)
     assert set(loads) == answered  # and only processes that answered
     tasks = sum(len(answers) for answers in result["results"].values())
     if reuse == "true":
         assert len(answered) < tasks  # the daemon's workers served several tasks each
     else:
         assert len(answered) == tasks  # a fresh worker per task, each loading once
-    assert not result["driver"]["loaded"] and result["driver"]["frameworks"] == []

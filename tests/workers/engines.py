@@ -106,6 +106,24 @@ def check_answers(answers: list[dict[str, Any]], reference: np.ndarray) -> set[i
     return {a["pid"] for a in answers}
 
 
+def check_run(
+    result: dict[str, Any], load_log: str, reference: np.ndarray, in_effect: str = "inprocess"
+) -> tuple[set[int], collections.Counter[int]]:
+    """A driver's run: right answers, each process loaded once, the driver never.
+
+    Returns the pids that answered and the loads by pid.
+    """
+    answered: set[int] = set()
+    for usage, answers in result["results"].items():
+        answered |= check_answers(answers, reference)
+        assert {a["in_effect"] for a in answers} == {in_effect}, usage
+    loads = loads_by_pid(load_log)
+    assert result["driver"]["pid"] not in loads, "the driver loaded the model"
+    assert not result["driver"]["loaded"] and result["driver"]["frameworks"] == []
+    assert set(loads.values()) == {1}, loads  # each process loaded once
+    return answered, loads
+
+
 def imports_tensorflow(pid: int) -> bool:
     """Whether process ``pid`` has TensorFlow's native library mapped (it imported TF)."""
     try:
