@@ -31,6 +31,7 @@ SECTIONS: dict[str, tuple[str, list[str], list[str]]] = {
     "host": ("benchmarks.host", [], ["--rounds", "2", "--calls", "20"]),
     "celery": ("benchmarks.celery_pools", [], ["--tasks", "20", "--repeat", "1"]),
     "jax": ("benchmarks.jax_threads", [], ["--rounds", "1", "--calls", "10"]),
+    "engines": ("benchmarks.engines", [], ["--batches", "4"]),
 }
 
 
