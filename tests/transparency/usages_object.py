@@ -44,7 +44,7 @@ def class_attribute(m: Any, ctx: Any) -> Any:
 @usage(host=True)
 def dunder_lookup_before_use(m: Any, ctx: Any) -> Any:
     # Engines probe dunder names of what they ship; the model has __weakref__.
-    return getattr(m, "__weakref__", "missing") is None, hasattr(m, "__dask_graph__")
+    return hasattr(m, "__weakref__"), hasattr(m, "__dask_graph__")
 
 
 @usage()
