@@ -32,6 +32,7 @@ SECTIONS: dict[str, tuple[str, list[str], list[str]]] = {
     "celery": ("benchmarks.celery_pools", [], ["--tasks", "20", "--repeat", "1"]),
     "jax": ("benchmarks.jax_threads", [], ["--rounds", "1", "--calls", "10"]),
     "pool_memory": ("benchmarks.pool_memory", [], ["--children", "2", "--hidden", "64"]),
+    "engines": ("benchmarks.engines", [], ["--batches", "4"]),
 }
 
 

@@ -19,6 +19,10 @@ PACKAGES = (
     "wrapt",
     "celery",
     "redis",
+    "dask",
+    "distributed",
+    "ray",
+    "pyspark",
 )
 
 
@@ -445,6 +449,10 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
                 f"{_mmm(row['bare_answered_per_s'], fmt='.0f')} | "
                 f"{_mmm(row['proxy_answered_per_s'], fmt='.0f')} | {row['ratio']:.2f} |"
             )
+    if s.get("engines"):
+        from benchmarks.engines import markdown as engines_markdown
+
+        out += engines_markdown(s["engines"])
     for title, name in plots:
         out += ["", f"## {title}", "", f"![{title}]({name})"]
     return "\n".join(out) + "\n"

@@ -1,4 +1,4 @@
-"""A proxy scattered to dask.distributed process workers: it loads once in each.
+"""A proxy shipped to dask.distributed process workers: it loads once in each, never here.
 
 python examples/make_model.py /tmp/model.keras
 MODEL_PATH=/tmp/model.keras python examples/dask_cluster.py
@@ -25,9 +25,14 @@ if __name__ == "__main__":
         LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        # Scattered once, the proxy is one object per worker, so each worker loads once;
-        # passed in every task instead, each task would unpickle (and load) its own.
+        # Passed with every task, the proxy is unpickled once per task, and each worker
+        # turns every copy into the one proxy it holds for that source: one load each.
+        passed = client.map(predict, [model] * 6, range(6), pure=False)
+        # Scattered once, it is one object per worker from the start: one load each too.
         shared = client.scatter(model, broadcast=True)
-        futures = client.map(predict, [shared] * 6, range(6), pure=False)
-        for pid, loads, total in client.gather(futures):
-            print(f"worker {pid}: loads={loads} sum={total:.4f}")
+        scattered = client.map(predict, [shared] * 6, range(6), pure=False)
+        for way, futures in (("passed", passed), ("scattered", scattered)):
+            for pid, loads, total in client.gather(futures):
+                print(f"{way}: worker {pid}: loads={loads} sum={total:.4f}")
+    # Shipping is not a use: this process never loaded the model.
+    print(f"client loaded: {forksafe.info(model).loaded}")

@@ -7,7 +7,7 @@ clear error (instead of hanging) in a fork child whose parent had already
 started the framework runtime.
 """
 
-from forksafe import _forking, _runtime
+from forksafe import _dask, _forking, _runtime
 from forksafe._api import lazy_model, load_model
 from forksafe._errors import (
     ForkSafeError,
@@ -46,3 +46,4 @@ __all__ = [
 
 _forking.install()
 _runtime.install()
+_dask.install()

@@ -53,9 +53,9 @@ def load_model(
     """Return a proxy that loads the model at ``source`` lazily, once per process.
 
     Nothing is loaded and no framework is imported until the proxy is used
-    (``bool``, ``hash``, ``==``, ``repr`` and pickling never load). The first
-    use may be anywhere, also inside a ``tf.function`` or a Keras layer: the
-    model loads as from a plain frame.
+    (``bool``, ``hash``, ``==``, ``repr``, pickling and shipping it to Dask,
+    Ray or Spark never load). The first use may be anywhere, also inside a
+    ``tf.function`` or a Keras layer: the model loads as from a plain frame.
 
     Copying and pickling: ``copy.copy``/``copy.deepcopy`` of a model loaded in
     this process keep its weights as they are in memory, as the model's own

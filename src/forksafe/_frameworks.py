@@ -28,6 +28,7 @@ __all__ = [
     "display",
     "framework",
     "framework_of_value",
+    "imported",
     "to_numpy",
 ]
 
@@ -114,6 +115,15 @@ PRELOADABLE = ("tensorflow", "keras", "tf_keras", "jax", "torch")
 def framework(name: str) -> Framework:
     """The table's row for backend ``name``."""
     return _BY_NAME[name]
+
+
+_ALL_PACKAGES = tuple(sorted({*PRELOADABLE, *_BY_PACKAGE}))
+
+
+def imported() -> bool:
+    """Whether this process has imported any framework (Keras included)."""
+    modules = sys.modules
+    return any(name in modules for name in _ALL_PACKAGES)
 
 
 def display(name: str) -> str:

@@ -7,7 +7,9 @@ import functools
 import hashlib
 import os
 import pickle
+import sys
 import threading
+import uuid
 import warnings
 from collections.abc import Callable
 from types import MethodType
@@ -15,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from forksafe import _forking, _runtime, _scopes
-from forksafe._errors import ForkSafeError, ForkSafeWarning, InheritedRuntimeError
+from forksafe import _forking, _frameworks, _runtime, _scopes
+from forksafe._errors import ForkSafeError, ForkSafeWarning, HostError, InheritedRuntimeError
 from forksafe._graph import GraphOwner, load_owned
 from forksafe._methods import ProxyMethod
 from forksafe._serial import call_lock
@@ -48,7 +50,10 @@ class ModelProxy(_Base):
     unpickles of one source in a process share one model. Copies of a model
     loaded here keep its in-memory weights. Truth, hash and equality are the
     proxy's identity; they, ``repr()`` and [`info`][forksafe.info] never load.
-    Where the backend cannot take concurrent calls (Keras on JAX), calls
+    Shipping a proxy to Dask, Ray or Spark never loads it in the sender: in a
+    process that has imported no framework, an unloaded proxy's class is
+    ``ModelProxy``, dunder names it lacks are missing, and Dask's token is its
+    source and options. Where the backend cannot take concurrent calls (Keras on JAX), calls
     through the proxy are serialized.
     """
 
@@ -64,6 +69,7 @@ class ModelProxy(_Base):
     _self_timeout: float = DEFAULT_TIMEOUT
     _self_call_lock: threading.RLock | None = None  # only for backends that need one
     _self_batching: tuple[int, float] | None = None  # (max_batch, max_wait_ms) when shared
+    _self_token: str | None = None  # Dask's token, for a source that cannot be pickled
 
     def __init__(
         self,
@@ -141,7 +147,10 @@ class ModelProxy(_Base):
             from forksafe._host.shared import SharedHost
 
             max_batch, max_wait_ms = self._self_batching or (1, 0.0)
-            identity = pickle.dumps((source, max_batch, max_wait_ms), pickle.HIGHEST_PROTOCOL)
+            # The same in every process: source and batching (not the timeout).
+            identity = _key(source, "shared", 0.0, self._self_batching)
+            if identity is None:
+                raise HostError(f"a shared host needs a picklable source: {source.describe()}")
             opener = SharedHost(
                 loader,
                 key=hashlib.sha256(identity).hexdigest()[:32],
@@ -195,7 +204,9 @@ class ModelProxy(_Base):
     def __getattr__(self, name: str) -> Any:
         model = self._self_model
         if model is None:
-            if name.startswith("_self_"):
+            # A dunder name the proxy lacks is a protocol probe (``__dask_future__``,
+            # ``__array_interface__`` ...), not a use: answered as a ModelProxy would.
+            if name.startswith("_self_") or name[:2] == "__" == name[-2:]:
                 raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
             model = self._self_resolve()
         value = getattr(model, name)
@@ -305,9 +316,42 @@ class ModelProxy(_Base):
     # answers them by its own identity, so ``if MODEL:``, sets and dict keys
     # never load the model, and the answers stay the same before loading,
     # after it, and across the reload in a fork child.
+    #
+    # What engines ask of an object they ship is not a use either: its class
+    # (cloudpickle, Dask and Ray call ``isinstance`` on everything), dunder
+    # probes (in ``__getattr__``) and Dask's token. In a process that has
+    # imported no framework (a driver, a Dask scheduler) an unloaded proxy's
+    # class is ModelProxy; where one is imported, the class is a use and
+    # loads, as Keras' own ``isinstance`` checks need.
 
     def __bool__(self) -> bool:
         return True
+
+    @property
+    def __class__(self) -> type:
+        model = self._self_model
+        if model is None:
+            # Without a framework here, no class could be asked about that the
+            # model would answer differently: engines' checks must not load it.
+            if not _frameworks.imported():
+                return ModelProxy
+            model = self._self_resolve()
+        cls: type = model.__class__
+        return cls
+
+    @__class__.setter
+    def __class__(self, value: type) -> None:
+        model = self._self_model if self._self_model is not None else self._self_resolve()
+        model.__class__ = value
+
+    def __dask_tokenize__(self) -> object:
+        """Dask's token: what the proxy pickles as (source and options), loaded or not."""
+        key = _key(self._self_source, self._self_isolation, self._self_timeout, self._self_batching)
+        if key is None:  # a source that cannot be pickled cannot travel: unique here
+            if self._self_token is None:
+                self._self_token = uuid.uuid4().hex
+            return ("forksafe.ModelProxy", "unpicklable", self._self_token)
+        return ("forksafe.ModelProxy", hashlib.sha256(key).hexdigest())
 
     def __hash__(self) -> int:
         return object.__hash__(self)
@@ -326,14 +370,38 @@ class ModelProxy(_Base):
 _arrived: dict[bytes, ModelProxy] = {}
 
 
+def _key(
+    source: Source, isolation: str, timeout: float, batching: tuple[int, float] | None
+) -> bytes | None:
+    """What a proxy of ``source`` pickles as, or ``None`` if its source cannot be pickled.
+
+    A factory or loader defined in ``__main__`` or as a lambda reaches workers
+    by value (cloudpickle) and pickle cannot name it there: the cloudpickle
+    that brought it (Dask's, Ray's or Spark's copy) gives its key.
+    """
+    state = (source, isolation, timeout, batching)
+    try:
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass
+    for name in ("cloudpickle", "ray.cloudpickle", "pyspark.cloudpickle"):
+        module = sys.modules.get(name)
+        if module is not None:
+            try:
+                key: bytes = module.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:
+                return None
+            return key
+    return None
+
+
 def _unpickled(
     source: Source, isolation: str, timeout: float, batching: tuple[int, float] | None = None
 ) -> ModelProxy:
     """The proxy for ``source`` in this process: the one that arrived before, if alive."""
     options = (source, isolation, timeout, batching)
-    try:
-        key = pickle.dumps(options, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:  # it was just unpickled, so this is unexpected: do not share
+    key = _key(*options)
+    if key is None:  # it was just unpickled, so this is unexpected: do not share
         return ModelProxy(*options)
     proxy = _arrived.get(key)
     if proxy is None:

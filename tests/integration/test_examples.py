@@ -43,15 +43,47 @@ def run_script(name: str, models: Models) -> str:
     return done.stdout
 
 
-@pytest.mark.parametrize("name", ["multiprocessing_pool.py", "dask_cluster.py"])
-def test_pool_examples(models: Models, name: str) -> None:
+def test_multiprocessing_pool_example(models: Models) -> None:
     """Six predictions from two workers, each of which loaded once."""
-    if name == "dask_cluster.py":
-        pytest.importorskip("distributed", reason="dask.distributed is not installed")
-    lines = re.findall(r"worker (\d+): loads=(\d+) sum=", run_script(name, models))
+    lines = re.findall(
+        r"worker (\d+): loads=(\d+) sum=", run_script("multiprocessing_pool.py", models)
+    )
     assert len(lines) == 6
     assert {loads for _, loads in lines} == {"1"}
     assert len({pid for pid, _ in lines}) <= 2
+
+
+def test_dask_example(models: Models) -> None:
+    """Passed with every task or scattered: each worker loads once, the client never."""
+    pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    output = run_script("dask_cluster.py", models)
+    lines = re.findall(r"(passed|scattered): worker (\d+): loads=(\d+) sum=", output)
+    assert sorted({way for way, _, _ in lines}) == ["passed", "scattered"]
+    assert len(lines) == 12
+    assert {loads for _, _, loads in lines} == {"1"}
+    assert len({pid for _, pid, _ in lines}) <= 2
+    assert "client loaded: False" in output
+
+
+def test_ray_example(models: Models) -> None:
+    """Tasks, an actor and Ray Data: every worker loaded once, the driver never."""
+    pytest.importorskip("ray", reason="ray is not installed")
+    output = run_script("ray_tasks.py", models)
+    lines = re.findall(r"(task|actor|ray data): worker (\d+): loads=(\d+)", output)
+    assert sorted({way for way, _, _ in lines}) == ["actor", "ray data", "task"]
+    assert {loads for _, _, loads in lines} == {"1"}
+    assert "driver loaded: False" in output
+
+
+def test_spark_example(models: Models) -> None:
+    """mapInPandas and a pandas_udf: every Python worker loaded once, the driver never."""
+    pytest.importorskip("pyspark", reason="pyspark is not installed")
+    pytest.importorskip("pyarrow", reason="pyarrow is not installed")
+    output = run_script("spark_partitions.py", models)
+    lines = re.findall(r"mapInPandas: worker (\d+): loads=(\d+)", output)
+    assert len(lines) == 4 and {loads for _, loads in lines} == {"1"}
+    assert "pandas_udf: loads=[1]" in output
+    assert "driver loaded: False" in output
 
 
 def test_make_model(tmp_path: Any) -> None:

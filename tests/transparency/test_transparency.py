@@ -82,6 +82,12 @@ FORK = Difference(
     "Fork",
     lambda bare, proxy, y: bare == ("ok", "hung (killed after 10 s)") and _answers(proxy, y),
 )
+DUNDER_BEFORE_USE = Difference(
+    "Before it loads, dunder names the proxy lacks are missing",
+    lambda bare, proxy, y: (
+        bare == ("ok", ("tuple", [True, False])) and proxy == ("ok", ("tuple", [False, False]))
+    ),
+)
 OWN_GRAPH = Difference(
     "TF1 graph mode: the model has a graph of its own",
     lambda bare, proxy, y: bare[0] == "ok" and _raised("ValueError", "graph")(proxy),
@@ -107,6 +113,11 @@ DIFFERENCES: dict[tuple[str, str, str], Difference] = {
     **{("pickle_after_set_weights", "proxy", f): PICKLE_SOURCE for f in FLAVORS},
     **{("pickle_twice_in_one_process", "proxy", f): ONE_PER_PROCESS for f in FLAVORS},
     **{("fork_child_predicts", k, f): FORK for k in ("proxy", "host") for f in FLAVORS},
+    **{
+        ("dunder_lookup_before_use", k, f): DUNDER_BEFORE_USE
+        for k in ("proxy", "host")
+        for f in FLAVORS
+    },
     **{
         (u, "proxy", "tf1"): OWN_GRAPH
         for u in (
