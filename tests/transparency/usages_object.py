@@ -174,11 +174,16 @@ def thread_predicts_after_main_loaded(m: Any, ctx: Any) -> Any:
 def fork_child_predicts(m: Any, ctx: Any) -> Any:
     from forksafe.testing import ForkTimeoutError, run_in_fork
 
+    import forksafe
+
     m.predict(ctx.x, verbose=0)  # the parent uses the model, then forks a worker
+    # A bare model hangs: 10 s tells. A proxy's child may first start a host
+    # template (a framework import: slow on a loaded machine).
+    timeout = 90 if isinstance(m, forksafe.ModelProxy) else 10
     try:
-        return run_in_fork(lambda: np.asarray(m.predict(ctx.x, verbose=0)), timeout=10)
+        return run_in_fork(lambda: np.asarray(m.predict(ctx.x, verbose=0)), timeout=timeout)
     except ForkTimeoutError:
-        return "hung (killed after 10 s)"
+        return f"hung (killed after {timeout} s)"
 
 
 def _in_threads(fn: Any, count: int) -> Any:
