@@ -32,6 +32,7 @@ BACKEND_SUITE = (
     "unit",
     "integration/test_fork.py",
     "integration/test_host.py",
+    "integration/test_host_boundary.py",
     "transparency",
 )
 _TESTS = os.path.dirname(os.path.abspath(__file__))

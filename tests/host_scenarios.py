@@ -11,6 +11,7 @@ import forksafe
 from tests.helpers import fork_call, fork_many
 from tests.models import Models
 from tests.procs import parent_of
+from tests.scenarios import start_runtime
 
 _TORCH_WEIGHT = np.linspace(-1.0, 1.0, 12, dtype="float32").reshape(3, 4)
 _TORCH_BIAS = np.array([0.5, -0.5, 0.25], dtype="float32")
@@ -32,13 +33,6 @@ def torch_linear_reference(x: np.ndarray) -> np.ndarray:
     return x @ _TORCH_WEIGHT.T + _TORCH_BIAS
 
 
-def poison() -> None:
-    """Start TensorFlow in this process, as a module-level model load would."""
-    import keras
-
-    keras.ops.convert_to_tensor(np.ones(2)) + 1.0
-
-
 def bound_methods_in_poisoned_child(models: Models) -> dict[str, Any]:
     """Methods taken from proxies loaded in this (now poisoned) process, called in a child."""
     x, _ = models.reference()
@@ -46,7 +40,8 @@ def bound_methods_in_poisoned_child(models: Models) -> dict[str, Any]:
     auto = forksafe.load_model(models.keras)
     predict_inprocess = inprocess.predict
     predict_auto = auto.predict
-    reference = predict_auto(x, verbose=0)  # loads both here: the parent is poisoned
+    reference = predict_auto(x, verbose=0)  # loads both here
+    start_runtime()  # a large op: torch's pool starts only for one
 
     def child() -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -66,7 +61,7 @@ def pool_of_poisoned_workers(models: Models, workers: int, parent_hosts: bool) -
     import warnings
 
     x, _ = models.reference()
-    poison()
+    start_runtime()
     proxy = forksafe.load_model(models.keras)  # auto: hosted in every worker
     parent_template = None
     if parent_hosts:

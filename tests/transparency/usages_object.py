@@ -172,9 +172,8 @@ def thread_predicts_after_main_loaded(m: Any, ctx: Any) -> Any:
 
 @usage(ALL, host=True)
 def fork_child_predicts(m: Any, ctx: Any) -> Any:
-    from forksafe.testing import ForkTimeoutError, run_in_fork
-
     import forksafe
+    from forksafe.testing import ForkTimeoutError, run_in_fork
 
     m.predict(ctx.x, verbose=0)  # the parent uses the model, then forks a worker
     # A bare model hangs: 10 s tells. A proxy's child may first start a host
