@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from forksafe._frameworks import framework_of_value, to_numpy
+
 FLAVORS = ("keras3", "tf_keras", "tf1")
 
 
@@ -53,6 +55,8 @@ def normalize(value: Any, depth: int = 0) -> Any:
         if hasattr(value, "numpy"):
             return ("tensor", np.asarray(value.numpy(), dtype=float))
         return ("symbolic", str(value.shape))
+    if framework_of_value(value) in ("jax", "torch") and hasattr(value, "__array__"):
+        return ("tensor", np.asarray(to_numpy(value), dtype=float))  # Keras on JAX or torch
     if depth < 4 and isinstance(value, list | tuple):
         return (type(value).__name__, [normalize(v, depth + 1) for v in value])
     if depth < 4 and isinstance(value, dict):

@@ -303,6 +303,7 @@ def test_custom_loader_gets_path_and_kwargs(models: Models) -> None:
     assert calls == [(models.keras, {"compile": False})]
 
 
+@pytest.mark.keras_backend("tensorflow", "torch")
 def test_tensorflow_models_take_no_call_lock(keras_proxy: forksafe.ModelProxy) -> None:
     """Only backends that cannot take concurrent calls pay for a lock; TensorFlow does not."""
     keras_proxy.name  # noqa: B018  (load)
