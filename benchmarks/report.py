@@ -150,6 +150,31 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
             most=True,
         )
     )
+    shared = sections.get("shared", {}).get("shared", {})
+    workers = shared.get("workers", 4)
+    for kind, label in (
+        ("celery", f"Celery prefork -c {workers}"),
+        ("gunicorn", f"gunicorn -w {workers} sync"),
+    ):
+        row = shared.get(kind, {}).get("shared, batching", {})
+        rows.append(
+            _target(
+                f"{label}: total PSS, shared host with batching / in-process",
+                row.get("pss_total_mb_ratio"),
+                0.6,
+                "",
+                most=True,
+            )
+        )
+        rows.append(
+            _target(
+                f"{label}: requests/s, shared host with batching / in-process",
+                row.get("requests_per_s_ratio"),
+                0.9,
+                "",
+                most=False,
+            )
+        )
     jax = sections.get("jax", {}).get("threads", {}).get("8")
     rows.append(
         _target(
@@ -248,6 +273,73 @@ def _machines(latest: dict[str, Any], sections: dict[str, Any]) -> str:
         + "; ".join(f"{machine} ({', '.join(names)})" for machine, names in by_machine.items())
         + ".  "
     )
+
+
+def _ratios(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def _shared(pools: dict[str, Any] | None, knobs: dict[str, Any] | None) -> list[str]:
+    """The tables of ``benchmarks/shared.py``: the pools, then the batching knobs."""
+    out: list[str] = []
+    if pools:
+        out += [
+            "",
+            "## One model for many workers (`benchmarks/shared.py`)",
+            "",
+            f"Dense 64→{pools['hidden']}→{pools['hidden']}→10, {pools['model_mb']:.0f} MB "
+            f"`.keras`, served by "
+            f"{pools['workers']} workers: Celery `prefork` on Redis and gunicorn `sync` over HTTP "
+            "on 127.0.0.1 (`benchmarks/shared_app.py`: rows → `predict_on_batch` → top 3). "
+            '*in-process*: each worker loads the model; *shared*: `isolation="shared"`, one '
+            "host for the pool, with the default batching or `max_batch=1`. One pool alive at a "
+            f"time, {pools['rounds']} rounds rotating the order. Load: a closed loop of "
+            f"{pools['clients']} requests in flight ({pools['rows']} rows each; HTTP client "
+            "threads, or a window of Celery tasks), counted over "
+            f"{pools['seconds']:g} s after every worker answered. Latency: send → answer (Celery: "
+            "send → the task's finish). Total PSS of every process of the pool (master, workers, "
+            "shared host) after the load. Ratios: median of per-round ratios to *in-process*, "
+            f"each round's listed. Load average (1 min) {pools['loadavg_1min_start']:.1f} at the "
+            f"start, {pools['loadavg_1min_end']:.1f} at the end, {pools.get('cpus', '?')} CPUs.",
+            "",
+            "| server | configuration | processes | total PSS MB | PSS by role MB (last round) "
+            "| PSS ratio (rounds) | requests/s | throughput ratio (rounds) | p50 ms | p99 ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for kind in ("celery", "gunicorn"):
+            for name, row in pools.get(kind, {}).items():
+                last = row["rounds"][-1]
+                kinds = ", ".join(f"{n} {k}" for k, n in sorted(last["processes"].items()))
+                roles = ", ".join(f"{k} {v:.0f}" for k, v in last["pss_by_role_mb"].items())
+                out.append(
+                    f"| {kind} | {name} | {kinds} | {_mmm(row['pss_total_mb'], fmt='.0f')} | "
+                    f"{roles} | {row['pss_total_mb_ratio']:.2f} "
+                    f"({_ratios(row['pss_total_mb_ratios'])}) | "
+                    f"{_mmm(row['requests_per_s'])} | {row['requests_per_s_ratio']:.2f} "
+                    f"({_ratios(row['requests_per_s_ratios'])}) | {_mmm(row['p50_ms'])} | "
+                    f"{_mmm(row['p99_ms'])} |"
+                )
+    if knobs and "gunicorn" in knobs:
+        out += [
+            "",
+            "## Shared host batching knobs (`benchmarks/shared.py --part knobs`)",
+            "",
+            f"gunicorn, {knobs['workers']} sync workers, one shared host, {knobs['clients']} "
+            f"requests in flight, {knobs['seconds']:g} s counted per configuration, "
+            f"{knobs['rounds']} rounds rotating the order. With {knobs['workers']} workers at "
+            "most (workers x rows per request) rows can wait at once: a `max_batch` above "
+            "that cannot change anything.",
+            "",
+            "| rows per request | max_batch | max_wait_ms | requests/s | p50 ms | p99 ms |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for point, row in knobs["gunicorn"].items():
+            batch, wait = point.partition("@")[0].split(":")
+            out.append(
+                f"| {knobs['grid_rows'][point]} | {batch} | {wait} | "
+                f"{_mmm(row['requests_per_s'])} | {_mmm(row['p50_ms'])} | {_mmm(row['p99_ms'])} |"
+            )
+    return out
 
 
 def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
@@ -387,6 +479,7 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
                 kinds = ", ".join(f"{n} {k}" for k, n in row["processes"].items())
                 out.append(f"| {label} | {kinds} | {row['pss_total_mb']:.0f} |")
             out += ["", f"Ratio poisoned / untouched: {memory['ratio']:.3f}."]
+    out += _shared(s.get("shared", {}).get("shared"), s.get("shared_knobs", {}).get("shared_knobs"))
     sc = s.get("scaling")
     if sc:
         out += [
