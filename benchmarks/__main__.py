@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 _SMALL_POOLS = [
     "--workers", "2", "--hidden", "256", "--seconds", "1", "--warm", "0.5", "--rounds", "1",
 ]  # fmt: skip
-_SMALL_GRID = ["--grid", "8:0"]
+_SMALL_GRID = ["--grid", "8:0", "64:2"]
 
 # section: (module, full arguments, --quick arguments)
 SECTIONS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -40,9 +40,9 @@ SECTIONS: dict[str, tuple[str, list[str], list[str]]] = {
     "pool_memory": ("benchmarks.pool_memory", [], ["--children", "2", "--hidden", "64"]),
     "shared": ("benchmarks.shared", [], _SMALL_POOLS),
     "shared_knobs": (
-        "benchmarks.shared",
-        ["--part", "knobs"],
-        ["--part", "knobs", *_SMALL_POOLS, *_SMALL_GRID],
+        "benchmarks.shared_knobs",
+        [],
+        [*_SMALL_POOLS, "--alone", "0.5", *_SMALL_GRID],
     ),
 }
 # Sections whose full run takes longer than the default limit (seconds).

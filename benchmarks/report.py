@@ -319,25 +319,29 @@ def _shared(pools: dict[str, Any] | None, knobs: dict[str, Any] | None) -> list[
                     f"({_ratios(row['requests_per_s_ratios'])}) | {_mmm(row['p50_ms'])} | "
                     f"{_mmm(row['p99_ms'])} |"
                 )
-    if knobs and "gunicorn" in knobs:
+    if knobs:
         out += [
             "",
-            "## Shared host batching knobs (`benchmarks/shared.py --part knobs`)",
+            "## Shared host batching knobs (`benchmarks/shared_knobs.py`)",
             "",
-            f"gunicorn, {knobs['workers']} sync workers, one shared host, {knobs['clients']} "
-            f"requests in flight, {knobs['seconds']:g} s counted per configuration, "
-            f"{knobs['rounds']} rounds rotating the order. With {knobs['workers']} workers at "
-            "most (workers x rows per request) rows can wait at once: a `max_batch` above "
-            "that cannot change anything.",
+            f"gunicorn, {knobs['workers']} sync workers, one shared host per configuration; the "
+            "configurations with the same rows per request run at once and are loaded in turn, "
+            f"{knobs['rounds']} rounds rotating the order. Under load: {knobs['clients']} requests "
+            f"in flight, {knobs['seconds']:g} s counted; alone: one request at a time, "
+            f"{knobs['alone_seconds']:g} s. At most {knobs['workers']} x (rows per request) rows "
+            "can wait at once: a `max_batch` above that cannot change anything. Load average "
+            f"(1 min) {knobs['loadavg_1min_start']:.1f} at the start, "
+            f"{knobs['loadavg_1min_end']:.1f} at the end.",
             "",
-            "| rows per request | max_batch | max_wait_ms | requests/s | p50 ms | p99 ms |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| rows per request | max_batch | max_wait_ms | requests/s | p50 ms | p99 ms "
+            "| alone: p50 ms | alone: p99 ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for point, row in knobs["gunicorn"].items():
-            batch, wait = point.partition("@")[0].split(":")
+        for row in knobs["grid"].values():
             out.append(
-                f"| {knobs['grid_rows'][point]} | {batch} | {wait} | "
-                f"{_mmm(row['requests_per_s'])} | {_mmm(row['p50_ms'])} | {_mmm(row['p99_ms'])} |"
+                f"| {row['rows']} | {row['max_batch']} | {row['max_wait_ms']:g} | "
+                f"{_mmm(row['requests_per_s'])} | {_mmm(row['p50_ms'])} | {_mmm(row['p99_ms'])} "
+                f"| {_mmm(row['alone_p50_ms'])} | {_mmm(row['alone_p99_ms'])} |"
             )
     return out
 

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from benchmarks.celery_pools import REDIS
 from benchmarks.pool_memory import _marked as marked
 
@@ -226,3 +228,33 @@ def memory_mb(pid: int) -> tuple[float, float]:
             elif line.startswith(("Private_Clean:", "Private_Dirty:")):
                 uss += int(line.split()[1])
     return pss / 1024, uss / 1024
+
+
+def payloads(rows: int, count: int = 64) -> list[list[list[float]]]:
+    """``count`` requests of ``rows`` rows of 64 features; the same for every configuration."""
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((rows, 64)).round(4).tolist() for _ in range(count)]
+
+
+def loaded(pool: Pool, requests: list[Any], clients: int, warm: float, seconds: float) -> Any:
+    """Load ``pool`` for ``warm`` then ``seconds``: its figures over ``seconds``, and records.
+
+    Requests/s counts answers within the measured span; latencies are those
+    of the requests sent within it (send → answer).
+    """
+    start = time.time()
+    records = drive(pool, requests, clients, warm + seconds)
+    begin, end = start + warm, start + warm + seconds
+    ms = np.asarray(
+        [(answered - sent) * 1e3 for sent, answered, _ in records if begin <= sent <= end]
+    )
+    figures = {
+        "requests_per_s": sum(begin <= answered <= end for _, answered, _ in records) / seconds,
+        "latency_ms": {
+            "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)),
+            "max": float(ms.max()),
+        },
+        "requests": len(ms),
+    }
+    return figures, records

@@ -18,11 +18,10 @@ for Celery); then the total PSS of the master, its workers and the shared
 host. All of them carry an environment marker: the host is started by
 ``subprocess.Popen`` from a worker, which passes the worker's environment on.
 
-``--part knobs``: gunicorn only, the shared host with each ``max_batch:max_wait_ms``
-of ``--grid``, in rotating rounds, throughput and latency.
+The batching knobs are measured by ``benchmarks/shared_knobs.py``.
 
-    python -m benchmarks.shared [--part pools|knobs] [--workers 4] [--hidden 5000]
-        [--rows 4] [--clients 8] [--seconds 15] [--rounds 2] [--json FILE]
+    python -m benchmarks.shared [--workers 4] [--hidden 5000] [--rows 4] [--clients 8]
+        [--seconds 10] [--warm 1] [--rounds 3] [--json FILE]
 """
 
 from __future__ import annotations
@@ -33,11 +32,8 @@ import contextlib
 import os
 import statistics
 import tempfile
-import time
 import uuid
 from typing import Any
-
-import numpy as np
 
 from benchmarks import serving
 from benchmarks._common import build_model, summary, write_json
@@ -50,25 +46,17 @@ CONFIGS: dict[str, dict[str, str]] = {
     "shared, max_batch=1": {"FSB_ISOLATION": "shared", "FSB_MAX_BATCH": "1"},
 }
 BASE, BATCHED = "in-process", "shared, batching"
-# max_wait_ms at the pools' load (4 rows a request), max_batch at 16 rows a request (so
-# that 4 workers can put 64 rows in flight); no batching at both.
-GRID = [
-    "64:0@4", "64:1@4", "64:2@4", "64:5@4", "64:10@4", "1:0@4",
-    "8:2@16", "32:2@16", "64:2@16", "128:2@16", "1:0@16",
-]  # fmt: skip
 
 
 def measure(
     kind: str, env: dict[str, str], rows: int, model: str, args: Any, log: str
 ) -> dict[str, Any]:
     """Start one pool, warm it, load it, take its memory; stop it."""
-    rng = np.random.default_rng(0)  # every configuration gets the same requests
-    payloads = [rng.standard_normal((rows, 64)).round(4).tolist() for _ in range(64)]
+    requests = serving.payloads(rows)
     with serving.pool(kind, args.workers, {**env, "FSB_MODEL": model}, log) as pool:
-        warm = serving.warm(pool, payloads, args.workers)
+        warm = serving.warm(pool, requests, args.workers)
         loadavg = os.getloadavg()[0]
-        start = time.time()
-        records = serving.drive(pool, payloads, args.clients, args.warm + args.seconds)
+        figures, records = serving.loaded(pool, requests, args.clients, args.warm, args.seconds)
         marked = serving.marked(pool.marker)
         hosts = {a["host_pid"] for _, _, a in records + [(0, 0, a) for a in warm]} - {None}
         roles = {
@@ -78,21 +66,12 @@ def measure(
         memory = {pid: serving.memory_mb(pid) for pid in marked}
     if not hosts <= set(marked):
         raise RuntimeError(f"shared host {hosts} is not among the pool's processes {marked}")
-    begin, end = start + args.warm, start + args.warm + args.seconds
-    counted = [r for r in records if begin <= r[0] <= end]
-    ms = np.asarray([(answered - sent) * 1e3 for sent, answered, _ in counted])
     answers = [a for _, _, a in records] + warm
     by_role: dict[str, float] = collections.defaultdict(float)
     for pid, role in roles.items():
         by_role[role] += memory[pid][0]
     return {
-        "requests_per_s": sum(begin <= r[1] <= end for r in records) / args.seconds,
-        "latency_ms": {
-            "p50": float(np.percentile(ms, 50)),
-            "p99": float(np.percentile(ms, 99)),
-            "max": float(ms.max()),
-        },
-        "requests": len(counted),
+        **figures,
         "pss_total_mb": round(sum(m[0] for m in memory.values()), 1),
         "uss_total_mb": round(sum(m[1] for m in memory.values()), 1),
         "pss_by_role_mb": {role: round(mb, 1) for role, mb in sorted(by_role.items())},
@@ -104,19 +83,14 @@ def measure(
     }
 
 
-# A configuration: (server kind, configuration name) → (environment, rows per request).
-Plan = dict[tuple[str, str], tuple[dict[str, str], int]]
-
-
-def _rounds(plan: Plan, model: str, args: Any, log_dir: str) -> dict[tuple[str, str], Any]:
-    """Each configuration once per round; each round starts one configuration later."""
-    keys = list(plan)
+def _rounds(kinds: tuple[str, ...], model: str, args: Any, log_dir: str) -> dict[str, Any]:
+    """Each pool once per round; each round starts one pool later."""
+    keys = [(kind, name) for kind in kinds for name in CONFIGS]
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in keys}
     for index in range(args.rounds):
         for kind, name in keys[index % len(keys) :] + keys[: index % len(keys)]:
-            env, rows = plan[kind, name]
             log = os.path.join(log_dir, f"{kind}-{uuid.uuid4().hex[:6]}.log")
-            row = measure(kind, env, rows, model, args, log)
+            row = measure(kind, CONFIGS[name], args.rows, model, args, log)
             runs[kind, name].append(row)
             print(
                 f"{kind:<9}{name:<22}{row['requests_per_s']:7.1f}/s  p50 "
@@ -125,10 +99,10 @@ def _rounds(plan: Plan, model: str, args: Any, log_dir: str) -> dict[tuple[str, 
                 f"load {row['loadavg_1min']}",
                 flush=True,
             )
-    return runs
+    return {kind: _summarise({n: runs[k, n] for k, n in keys if k == kind}) for kind in kinds}
 
 
-def _summarise(runs: dict[str, list[dict[str, Any]]], base: str | None) -> dict[str, Any]:
+def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, rows in runs.items():
         row: dict[str, Any] = {
@@ -139,18 +113,21 @@ def _summarise(runs: dict[str, list[dict[str, Any]]], base: str | None) -> dict[
             "uss_total_mb": summary([r["uss_total_mb"] for r in rows]),
             "rounds": rows,
         }
-        if base is not None:
-            # Medians of per-round ratios: each round's pools ran minutes apart at most.
-            for key in ("requests_per_s", "pss_total_mb"):
-                ratios = [r[key] / b[key] for r, b in zip(rows, runs[base], strict=True)]
-                row[f"{key}_ratio"] = statistics.median(ratios)
-                row[f"{key}_ratios"] = ratios
+        # Medians of per-round ratios: each round's pools ran minutes apart at most.
+        for key in ("requests_per_s", "pss_total_mb"):
+            ratios = [r[key] / b[key] for r, b in zip(rows, runs[BASE], strict=True)]
+            row[f"{key}_ratio"] = statistics.median(ratios)
+            row[f"{key}_ratios"] = ratios
         out[name] = row
     return out
 
 
-def _forget_hosts(directory: str) -> None:
-    """Remove the socket, lock and log the shared hosts of this run left behind."""
+def forget_hosts(directory: str) -> None:
+    """Remove the socket, lock and log that this run's shared hosts left behind.
+
+    (A shared host that exits leaves them in the user's runtime directory;
+    the next host of the same source and options would reuse them.)
+    """
     from forksafe._host.shared import runtime_dir
 
     runtime = runtime_dir()
@@ -166,22 +143,9 @@ def _forget_hosts(directory: str) -> None:
                 os.unlink(path[: -len(".log")] + suffix)
 
 
-def _plan(args: Any, kinds: tuple[str, ...]) -> Plan:
-    if args.part == "pools":
-        return {(kind, name): (env, args.rows) for kind in kinds for name, env in CONFIGS.items()}
-    plan: Plan = {}
-    for point in args.grid:
-        options, _, rows = point.partition("@")
-        batch, wait = options.split(":")
-        env = {"FSB_ISOLATION": "shared", "FSB_MAX_BATCH": batch, "FSB_MAX_WAIT_MS": wait}
-        plan["gunicorn", point] = (env, int(rows or args.rows))
-    return plan
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Measure the pools (or the knobs) and print the comparison."""
+    """Measure the pools and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=("pools", "knobs"), default="pools")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--hidden", type=int, default=5000)
     parser.add_argument("--rows", type=int, default=4, help="rows per request")
@@ -189,20 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="measured load per pool")
     parser.add_argument("--warm", type=float, default=1.0, help="load before measuring")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--grid", nargs="+", default=GRID, help="knobs: max_batch:max_wait_ms[@rows per request]"
-    )
     parser.add_argument("--json", default=None)
     args, _ = parser.parse_known_args(argv)
-    key = "shared" if args.part == "pools" else "shared_knobs"
-    kinds = KINDS if args.part == "pools" else ("gunicorn",)
-    if "celery" in kinds and not redis_available():
+    kinds = KINDS
+    if not redis_available():
         reason = f"no Redis server at {REDIS}"
         if os.environ.get("CI") == "true":
             raise SystemExit(f"shared benchmark: {reason}")
         print(f"shared benchmark: Celery skipped: {reason}")
-        kinds = tuple(k for k in kinds if k != "celery")
-    plan = _plan(args, kinds)
+        kinds = ("gunicorn",)
     report: dict[str, Any] = {
         "workers": args.workers,
         "hidden": args.hidden,
@@ -219,22 +178,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         report["model_mb"] = round(os.path.getsize(model) / 1e6, 1)
         try:
-            runs = _rounds(plan, model, args, directory)
+            report.update(_rounds(kinds, model, args, directory))
         finally:
-            _forget_hosts(directory)
+            forget_hosts(directory)
     report["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
     for kind in kinds:
-        mine = {name: rows for (k, name), rows in runs.items() if k == kind}
-        report[kind] = _summarise(mine, BASE if args.part == "pools" else None)
-        if args.part == "pools":
-            row = report[kind][BATCHED]
-            print(
-                f"{kind}: shared+batching / in-process: PSS x{row['pss_total_mb_ratio']:.3f}, "
-                f"throughput x{row['requests_per_s_ratio']:.3f}"
-            )
-    if args.part == "knobs":
-        report["grid_rows"] = {point: plan["gunicorn", point][1] for point in args.grid}
-    write_json(args.json, {key: report})
+        row = report[kind][BATCHED]
+        print(
+            f"{kind}: shared+batching / in-process: PSS x{row['pss_total_mb_ratio']:.3f}, "
+            f"throughput x{row['requests_per_s_ratio']:.3f}"
+        )
+    write_json(args.json, {"shared": report})
     return 0
 
 
