@@ -23,9 +23,11 @@ from benchmarks import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# Tiny pools for --quick: 2 workers, a small model, a second of load, one round.
+# Tiny pools for --quick: 2 workers, a small model, a second of load, one round, memory
+# taken while the pools of a server are all alive (not comparable: a smoke run).
 _SMALL_POOLS = [
     "--workers", "2", "--hidden", "256", "--seconds", "1", "--warm", "0.5", "--rounds", "1",
+    "--settle", "0.5", "--no-memory-alone",
 ]  # fmt: skip
 _SMALL_GRID = ["--grid", "8:0", "64:2"]
 

@@ -280,7 +280,7 @@ def _ratios(values: list[float]) -> str:
 
 
 def _shared(pools: dict[str, Any] | None, knobs: dict[str, Any] | None) -> list[str]:
-    """The tables of ``benchmarks/shared.py``: the pools, then the batching knobs."""
+    """The tables of ``benchmarks/shared.py`` (the pools) and ``shared_knobs.py``."""
     out: list[str] = []
     if pools:
         out += [
@@ -292,32 +292,36 @@ def _shared(pools: dict[str, Any] | None, knobs: dict[str, Any] | None) -> list[
             f"{pools['workers']} workers: Celery `prefork` on Redis and gunicorn `sync` over HTTP "
             "on 127.0.0.1 (`benchmarks/shared_app.py`: rows → `predict_on_batch` → top 3). "
             '*in-process*: each worker loads the model; *shared*: `isolation="shared"`, one '
-            "host for the pool, with the default batching or `max_batch=1`. One pool alive at a "
-            f"time, {pools['rounds']} rounds rotating the order. Load: a closed loop of "
-            f"{pools['clients']} requests in flight ({pools['rows']} rows each; HTTP client "
-            "threads, or a window of Celery tasks), counted over "
-            f"{pools['seconds']:g} s after every worker answered. Latency: send → answer (Celery: "
-            "send → the task's finish). Total PSS of every process of the pool (master, workers, "
-            "shared host) after the load. Ratios: median of per-round ratios to *in-process*, "
-            f"each round's listed. Load average (1 min) {pools['loadavg_1min_start']:.1f} at the "
-            f"start, {pools['loadavg_1min_end']:.1f} at the end, {pools.get('cpus', '?')} CPUs.",
+            "host for the pool, with the default batching or `max_batch=1`. Memory: total PSS "
+            "of all the pool's processes (master, workers, shared host) "
+            + (
+                f"with the pool alone, after {pools['settle_s']:g} s of load. "
+                if pools.get("memory_alone", True)
+                else "**after the time phase, with the three pools of a server alive at once "
+                "and sharing library pages: not comparable**. "
+            )
+            + "Time: the three pools of a server alive at once "
+            f"and loaded in turn, {pools['rounds']} rounds of {pools['seconds']:g} s slices "
+            f"rotating the order; a closed loop of {pools['clients']} requests in flight "
+            f"({pools['rows']} rows each; HTTP client threads, or a window of Celery tasks). "
+            "Latency: send → answer (Celery: send → the task's finish). Throughput ratio: "
+            "median of the per-round ratios to *in-process*. Load average (1 min) "
+            f"{pools['loadavg_1min_start']:.1f} at the start, {pools['loadavg_1min_end']:.1f} at "
+            f"the end, {pools.get('cpus', '?')} CPUs.",
             "",
-            "| server | configuration | processes | total PSS MB | PSS by role MB (last round) "
-            "| PSS ratio (rounds) | requests/s | throughput ratio (rounds) | p50 ms | p99 ms |",
+            "| server | configuration | processes | total PSS MB | PSS by role MB | PSS ratio "
+            "| requests/s | throughput ratio (per round) | p50 ms | p99 ms |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for kind in ("celery", "gunicorn"):
             for name, row in pools.get(kind, {}).items():
-                last = row["rounds"][-1]
-                kinds = ", ".join(f"{n} {k}" for k, n in sorted(last["processes"].items()))
-                roles = ", ".join(f"{k} {v:.0f}" for k, v in last["pss_by_role_mb"].items())
+                kinds = ", ".join(f"{n} {k}" for k, n in sorted(row["processes"].items()))
+                roles = ", ".join(f"{k} {v:.0f}" for k, v in row["pss_by_role_mb"].items())
                 out.append(
-                    f"| {kind} | {name} | {kinds} | {_mmm(row['pss_total_mb'], fmt='.0f')} | "
-                    f"{roles} | {row['pss_total_mb_ratio']:.2f} "
-                    f"({_ratios(row['pss_total_mb_ratios'])}) | "
-                    f"{_mmm(row['requests_per_s'])} | {row['requests_per_s_ratio']:.2f} "
-                    f"({_ratios(row['requests_per_s_ratios'])}) | {_mmm(row['p50_ms'])} | "
-                    f"{_mmm(row['p99_ms'])} |"
+                    f"| {kind} | {name} | {kinds} | {row['pss_total_mb']:.0f} | {roles} | "
+                    f"{row['pss_total_mb_ratio']:.2f} | {_mmm(row['requests_per_s'])} | "
+                    f"{row['requests_per_s_ratio']:.2f} ({_ratios(row['requests_per_s_ratios'])}) "
+                    f"| {_mmm(row['p50_ms'])} | {_mmm(row['p99_ms'])} |"
                 )
     if knobs:
         out += [

@@ -6,22 +6,27 @@ HTTP on 127.0.0.1 serve ``benchmarks/shared_app.py`` with a Dense
 loads the model in-process, (b) ``isolation="shared"`` with the library's
 batching defaults, (c) ``isolation="shared", max_batch=1`` (no batching).
 
-One pool lives at a time: PSS splits a shared page among every process that
+Memory: each pool alone (PSS splits a shared page among every process that
 maps it, so two pools alive together would split TensorFlow's library pages
-and flatter each other. Rounds rotate the order of the configurations, so
-the machine's noise hits them alike. Each pool is warmed until every worker
-has answered; then this process puts a closed-loop load on it (``--clients``
-requests in flight: HTTP client threads, or a window of Celery tasks, each
-request ``--rows`` rows), counts answers per second over ``--seconds`` and
-takes p50/p99 latency (send → answer over HTTP; send → the task's finish
-for Celery); then the total PSS of the master, its workers and the shared
-host. All of them carry an environment marker: the host is started by
-``subprocess.Popen`` from a worker, which passes the worker's environment on.
+and flatter each other): warmed until every worker has answered, loaded for
+``--settle`` seconds, then the total PSS of the master, its workers and the
+shared host. All of them carry an environment marker: the host is started
+by ``subprocess.Popen`` from a worker, which passes the environment on.
+
+Time: the three pools of a server kind alive at once (idle, a pool costs the
+loaded one nothing: its workers block in ``accept`` or on the broker, its
+host in ``recv``), loaded in turn: ``--rounds`` rounds of ``--seconds``
+slices, each round starting one pool later, so that the machine's noise
+hits them alike and each round's slices make a pair for the ratios. The
+load is a closed loop from this process: ``--clients`` requests in flight
+(HTTP client threads, or a window of Celery tasks), ``--rows`` rows each;
+requests/s over the slice, p50/p99 latency (send → answer over HTTP; send →
+the task's finish for Celery).
 
 The batching knobs are measured by ``benchmarks/shared_knobs.py``.
 
     python -m benchmarks.shared [--workers 4] [--hidden 5000] [--rows 4] [--clients 8]
-        [--seconds 10] [--warm 1] [--rounds 3] [--json FILE]
+        [--seconds 5] [--warm 1] [--rounds 6] [--settle 5] [--json FILE]
 """
 
 from __future__ import annotations
@@ -48,77 +53,96 @@ CONFIGS: dict[str, dict[str, str]] = {
 BASE, BATCHED = "in-process", "shared, batching"
 
 
-def measure(
-    kind: str, env: dict[str, str], rows: int, model: str, args: Any, log: str
-) -> dict[str, Any]:
-    """Start one pool, warm it, load it, take its memory; stop it."""
-    requests = serving.payloads(rows)
-    with serving.pool(kind, args.workers, {**env, "FSB_MODEL": model}, log) as pool:
-        warm = serving.warm(pool, requests, args.workers)
-        loadavg = os.getloadavg()[0]
-        figures, records = serving.loaded(pool, requests, args.clients, args.warm, args.seconds)
-        marked = serving.marked(pool.marker)
-        hosts = {a["host_pid"] for _, _, a in records + [(0, 0, a) for a in warm]} - {None}
-        roles = {
-            pid: "master" if pid == pool.master else "host" if pid in hosts else "worker"
-            for pid in marked
-        }
-        memory = {pid: serving.memory_mb(pid) for pid in marked}
+def _sizes(pool: serving.Pool, answers: list[Any]) -> dict[str, Any]:
+    """The memory of ``pool``'s processes, by role; where the model ran, as its answers say."""
+    marked = serving.marked(pool.marker)
+    hosts = {a["host_pid"] for a in answers} - {None}
     if not hosts <= set(marked):
         raise RuntimeError(f"shared host {hosts} is not among the pool's processes {marked}")
-    answers = [a for _, _, a in records] + warm
+    roles = {
+        pid: "master" if pid == pool.master else "host" if pid in hosts else "worker"
+        for pid in marked
+    }
+    sizes = {pid: serving.memory_mb(pid) for pid in marked}
     by_role: dict[str, float] = collections.defaultdict(float)
     for pid, role in roles.items():
-        by_role[role] += memory[pid][0]
+        by_role[role] += sizes[pid][0]
     return {
-        **figures,
-        "pss_total_mb": round(sum(m[0] for m in memory.values()), 1),
-        "uss_total_mb": round(sum(m[1] for m in memory.values()), 1),
+        "pss_total_mb": round(sum(m[0] for m in sizes.values()), 1),
+        "uss_total_mb": round(sum(m[1] for m in sizes.values()), 1),
         "pss_by_role_mb": {role: round(mb, 1) for role, mb in sorted(by_role.items())},
         "processes": dict(collections.Counter(roles.values())),
         "in_effect": sorted({str(a["in_effect"]) for a in answers}),
         "hosts": len(hosts),
         "workers_imported_tensorflow": len({a["pid"] for a in answers if a["tensorflow"]}),
-        "loadavg_1min": [round(loadavg, 2), round(os.getloadavg()[0], 2)],
     }
 
 
-def _rounds(kinds: tuple[str, ...], model: str, args: Any, log_dir: str) -> dict[str, Any]:
-    """Each pool once per round; each round starts one pool later."""
-    keys = [(kind, name) for kind in kinds for name in CONFIGS]
-    runs: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in keys}
-    for index in range(args.rounds):
-        for kind, name in keys[index % len(keys) :] + keys[: index % len(keys)]:
-            log = os.path.join(log_dir, f"{kind}-{uuid.uuid4().hex[:6]}.log")
-            row = measure(kind, CONFIGS[name], args.rows, model, args, log)
-            runs[kind, name].append(row)
-            print(
-                f"{kind:<9}{name:<22}{row['requests_per_s']:7.1f}/s  p50 "
-                f"{row['latency_ms']['p50']:6.1f} ms  p99 {row['latency_ms']['p99']:6.1f} ms  "
-                f"PSS {row['pss_total_mb']:6.0f} MB {row['processes']}  "
-                f"load {row['loadavg_1min']}",
-                flush=True,
-            )
-    return {kind: _summarise({n: runs[k, n] for k, n in keys if k == kind}) for kind in kinds}
+def memory(kind: str, name: str, model: str, args: Any, log: str) -> dict[str, Any]:
+    """One pool alone: warmed, loaded for ``--settle`` seconds, then its processes' memory."""
+    requests = serving.payloads(args.rows)
+    with serving.pool(kind, args.workers, {**CONFIGS[name], "FSB_MODEL": model}, log) as pool:
+        answers = serving.warm(pool, requests, args.workers)
+        _, records = serving.loaded(pool, requests, args.clients, 0.0, args.settle)
+        row = _sizes(pool, answers + [a for _, _, a in records])
+    print(f"{kind:<9}{name:<22}PSS {row['pss_total_mb']:6.0f} MB {row['processes']}", flush=True)
+    return row
 
 
-def _summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def timing(kind: str, model: str, args: Any, log_dir: str) -> tuple[Any, dict[str, Any]]:
+    """The pools of ``kind`` alive at once, loaded in turn, round after round.
+
+    Returns each pool's slices, and its memory taken at the end (with the
+    other pools alive: comparable only without ``--memory-alone``).
+    """
+    names = list(CONFIGS)
+    requests = serving.payloads(args.rows)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    answers: dict[str, list[Any]] = {}
+    with contextlib.ExitStack() as stack:
+        pools = {}
+        for name in names:
+            log = os.path.join(log_dir, f"{kind}-time-{uuid.uuid4().hex[:6]}.log")
+            env = {**CONFIGS[name], "FSB_MODEL": model}
+            pools[name] = stack.enter_context(serving.pool(kind, args.workers, env, log))
+            answers[name] = serving.warm(pools[name], requests, args.workers)
+        for index in range(args.rounds):
+            for name in names[index % len(names) :] + names[: index % len(names)]:
+                figures, records = serving.loaded(
+                    pools[name], requests, args.clients, args.warm, args.seconds
+                )
+                answers[name] += [a for _, _, a in records]
+                figures["loadavg_1min"] = round(os.getloadavg()[0], 2)
+                runs[name].append(figures)
+                print(
+                    f"{kind:<9}{name:<22}{figures['requests_per_s']:7.1f}/s  p50 "
+                    f"{figures['latency_ms']['p50']:6.1f} ms  p99 "
+                    f"{figures['latency_ms']['p99']:6.1f} ms  load {figures['loadavg_1min']}",
+                    flush=True,
+                )
+        sizes = {name: _sizes(pools[name], answers[name]) for name in names}
+    return runs, sizes
+
+
+def _summarise(
+    sizes: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, rows in runs.items():
-        row: dict[str, Any] = {
+        # Medians of per-round ratios: a round's slices ran within a minute of each other.
+        ratios = [
+            r["requests_per_s"] / b["requests_per_s"] for r, b in zip(rows, runs[BASE], strict=True)
+        ]
+        out[name] = {
+            **sizes[name],
+            "pss_total_mb_ratio": sizes[name]["pss_total_mb"] / sizes[BASE]["pss_total_mb"],
             "requests_per_s": summary([r["requests_per_s"] for r in rows]),
+            "requests_per_s_ratio": statistics.median(ratios),
+            "requests_per_s_ratios": ratios,
             "p50_ms": summary([r["latency_ms"]["p50"] for r in rows]),
             "p99_ms": summary([r["latency_ms"]["p99"] for r in rows]),
-            "pss_total_mb": summary([r["pss_total_mb"] for r in rows]),
-            "uss_total_mb": summary([r["uss_total_mb"] for r in rows]),
             "rounds": rows,
         }
-        # Medians of per-round ratios: each round's pools ran minutes apart at most.
-        for key in ("requests_per_s", "pss_total_mb"):
-            ratios = [r[key] / b[key] for r, b in zip(rows, runs[BASE], strict=True)]
-            row[f"{key}_ratio"] = statistics.median(ratios)
-            row[f"{key}_ratios"] = ratios
-        out[name] = row
     return out
 
 
@@ -150,9 +174,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden", type=int, default=5000)
     parser.add_argument("--rows", type=int, default=4, help="rows per request")
     parser.add_argument("--clients", type=int, default=8, help="requests in flight")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured load per pool")
-    parser.add_argument("--warm", type=float, default=1.0, help="load before measuring")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured load per slice")
+    parser.add_argument("--warm", type=float, default=1.0, help="load before each slice")
+    parser.add_argument("--rounds", type=int, default=6, help="slices per pool")
+    parser.add_argument("--settle", type=float, default=5.0, help="load before the memory")
+    parser.add_argument(
+        "--memory-alone",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="take each pool's memory alone (--no-memory-alone: from the pools of the time "
+        "phase, all alive at once, which share library pages: quicker, not comparable)",
+    )
     parser.add_argument("--json", default=None)
     args, _ = parser.parse_known_args(argv)
     kinds = KINDS
@@ -169,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients,
         "seconds": args.seconds,
         "rounds": args.rounds,
+        "settle_s": args.settle,
+        "memory_alone": args.memory_alone,
         "cpus": os.cpu_count(),
         "loadavg_1min_start": round(os.getloadavg()[0], 2),
     }
@@ -178,7 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         report["model_mb"] = round(os.path.getsize(model) / 1e6, 1)
         try:
-            report.update(_rounds(kinds, model, args, directory))
+            alone: dict[str, dict[str, Any]] = {}
+            for kind in kinds:
+                for index, name in enumerate(CONFIGS if args.memory_alone else ()):
+                    log = os.path.join(directory, f"{kind}-memory-{index}.log")
+                    alone.setdefault(kind, {})[name] = memory(kind, name, model, args, log)
+            for kind in kinds:
+                runs, together = timing(kind, model, args, directory)
+                report[kind] = _summarise(alone.get(kind, together), runs)
         finally:
             forget_hosts(directory)
     report["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
