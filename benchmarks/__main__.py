@@ -23,6 +23,14 @@ from benchmarks import report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# Tiny pools for --quick: 2 workers, a small model, a second of load, one round, memory
+# taken while the pools of a server are all alive (not comparable: a smoke run).
+_SMALL_POOLS = [
+    "--workers", "2", "--hidden", "256", "--seconds", "1", "--warm", "0.5", "--rounds", "1",
+    "--settle", "0.5", "--no-memory-alone",
+]  # fmt: skip
+_SMALL_GRID = ["--grid", "8:0", "64:2"]
+
 # section: (module, full arguments, --quick arguments)
 SECTIONS: dict[str, tuple[str, list[str], list[str]]] = {
     "core": ("benchmarks.core", [], ["--rounds", "3", "--calls", "20", "--forks", "2"]),
@@ -33,7 +41,15 @@ SECTIONS: dict[str, tuple[str, list[str], list[str]]] = {
     "jax": ("benchmarks.jax_threads", [], ["--rounds", "1", "--calls", "10"]),
     "pool_memory": ("benchmarks.pool_memory", [], ["--children", "2", "--hidden", "64"]),
     "engines": ("benchmarks.engines", [], ["--batches", "4"]),
+    "shared": ("benchmarks.shared", [], _SMALL_POOLS),
+    "shared_knobs": (
+        "benchmarks.shared_knobs",
+        [],
+        [*_SMALL_POOLS, "--alone", "0.5", *_SMALL_GRID],
+    ),
 }
+# Sections whose full run takes longer than the default limit (seconds).
+TIMEOUTS = {"shared": 1800.0, "shared_knobs": 1800.0}
 
 
 def run_section(name: str, quick: bool, timeout: float) -> dict[str, Any]:
@@ -75,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
     parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), default=list(SECTIONS))
     parser.add_argument("--out", default=HERE, help="where to write (default: benchmarks/)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="per section, seconds")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="per section, seconds (default 600, more for the long sections)",
+    )
     parser.add_argument(
         "--merge", action="store_true", help="keep the other sections of DIR/bench-results.json"
     )
@@ -87,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in SECTIONS:
         if name in args.only:
             print(f"== {name}", flush=True)
-            sections[name] = run_section(name, args.quick, args.timeout)
+            timeout = args.timeout or TIMEOUTS.get(name, 600.0)
+            sections[name] = run_section(name, args.quick, timeout)
     here = report.machine()
     for section in sections.values():  # results from before sections recorded their machine
         section.setdefault("machine", previous.get("machine", here))

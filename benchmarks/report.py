@@ -154,6 +154,31 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
             most=True,
         )
     )
+    shared = sections.get("shared", {}).get("shared", {})
+    workers = shared.get("workers", 4)
+    for kind, label in (
+        ("celery", f"Celery prefork -c {workers}"),
+        ("gunicorn", f"gunicorn -w {workers} sync"),
+    ):
+        row = shared.get(kind, {}).get("shared, batching", {})
+        rows.append(
+            _target(
+                f"{label}: total PSS, shared host with batching / in-process",
+                row.get("pss_total_mb_ratio"),
+                0.6,
+                "",
+                most=True,
+            )
+        )
+        rows.append(
+            _target(
+                f"{label}: requests/s, shared host with batching / in-process",
+                row.get("requests_per_s_ratio"),
+                0.9,
+                "",
+                most=False,
+            )
+        )
     jax = sections.get("jax", {}).get("threads", {}).get("8")
     rows.append(
         _target(
@@ -252,6 +277,81 @@ def _machines(latest: dict[str, Any], sections: dict[str, Any]) -> str:
         + "; ".join(f"{machine} ({', '.join(names)})" for machine, names in by_machine.items())
         + ".  "
     )
+
+
+def _ratios(values: list[float]) -> str:
+    return ", ".join(f"{v:.2f}" for v in values)
+
+
+def _shared(pools: dict[str, Any] | None, knobs: dict[str, Any] | None) -> list[str]:
+    """The tables of ``benchmarks/shared.py`` (the pools) and ``shared_knobs.py``."""
+    out: list[str] = []
+    if pools:
+        out += [
+            "",
+            "## One model for many workers (`benchmarks/shared.py`)",
+            "",
+            f"Dense 64→{pools['hidden']}→{pools['hidden']}→10, {pools['model_mb']:.0f} MB "
+            f"`.keras`, served by "
+            f"{pools['workers']} workers: Celery `prefork` on Redis and gunicorn `sync` over HTTP "
+            "on 127.0.0.1 (`benchmarks/shared_app.py`: rows → `predict_on_batch` → top 3). "
+            '*in-process*: each worker loads the model; *shared*: `isolation="shared"`, one '
+            "host for the pool, with the default batching or `max_batch=1`. Memory: total PSS "
+            "of all the pool's processes (master, workers, shared host) "
+            + (
+                f"with the pool alone, after {pools['settle_s']:g} s of load. "
+                if pools.get("memory_alone", True)
+                else "**after the time phase, with the three pools of a server alive at once "
+                "and sharing library pages: not comparable**. "
+            )
+            + "Time: the three pools of a server alive at once "
+            f"and loaded in turn, {pools['rounds']} rounds of {pools['seconds']:g} s slices "
+            f"rotating the order; a closed loop of {pools['clients']} requests in flight "
+            f"({pools['rows']} rows each; HTTP client threads, or a window of Celery tasks). "
+            "Latency: send → answer (Celery: send → the task's finish). Throughput ratio: "
+            "median of the per-round ratios to *in-process*. Load average (1 min) "
+            f"{pools['loadavg_1min_start']:.1f} at the start, {pools['loadavg_1min_end']:.1f} at "
+            f"the end, {pools.get('cpus', '?')} CPUs.",
+            "",
+            "| server | configuration | processes | total PSS MB | PSS by role MB | PSS ratio "
+            "| requests/s | throughput ratio (per round) | p50 ms | p99 ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for kind in ("celery", "gunicorn"):
+            for name, row in pools.get(kind, {}).items():
+                kinds = ", ".join(f"{n} {k}" for k, n in sorted(row["processes"].items()))
+                roles = ", ".join(f"{k} {v:.0f}" for k, v in row["pss_by_role_mb"].items())
+                out.append(
+                    f"| {kind} | {name} | {kinds} | {row['pss_total_mb']:.0f} | {roles} | "
+                    f"{row['pss_total_mb_ratio']:.2f} | {_mmm(row['requests_per_s'])} | "
+                    f"{row['requests_per_s_ratio']:.2f} ({_ratios(row['requests_per_s_ratios'])}) "
+                    f"| {_mmm(row['p50_ms'])} | {_mmm(row['p99_ms'])} |"
+                )
+    if knobs:
+        out += [
+            "",
+            "## Shared host batching knobs (`benchmarks/shared_knobs.py`)",
+            "",
+            f"gunicorn, {knobs['workers']} sync workers, one shared host per configuration; the "
+            "configurations with the same rows per request run at once and are loaded in turn, "
+            f"{knobs['rounds']} rounds rotating the order. Under load: {knobs['clients']} requests "
+            f"in flight, {knobs['seconds']:g} s counted; alone: one request at a time, "
+            f"{knobs['alone_seconds']:g} s. At most {knobs['workers']} x (rows per request) rows "
+            "can wait at once: a `max_batch` above that cannot change anything. Load average "
+            f"(1 min) {knobs['loadavg_1min_start']:.1f} at the start, "
+            f"{knobs['loadavg_1min_end']:.1f} at the end.",
+            "",
+            "| rows per request | max_batch | max_wait_ms | requests/s | p50 ms | p99 ms "
+            "| alone: p50 ms | alone: p99 ms |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in knobs["grid"].values():
+            out.append(
+                f"| {row['rows']} | {row['max_batch']} | {row['max_wait_ms']:g} | "
+                f"{_mmm(row['requests_per_s'])} | {_mmm(row['p50_ms'])} | {_mmm(row['p99_ms'])} "
+                f"| {_mmm(row['alone_p50_ms'])} | {_mmm(row['alone_p99_ms'])} |"
+            )
+    return out
 
 
 def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
@@ -391,6 +491,7 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
                 kinds = ", ".join(f"{n} {k}" for k, n in row["processes"].items())
                 out.append(f"| {label} | {kinds} | {row['pss_total_mb']:.0f} |")
             out += ["", f"Ratio poisoned / untouched: {memory['ratio']:.3f}."]
+    out += _shared(s.get("shared", {}).get("shared"), s.get("shared_knobs", {}).get("shared_knobs"))
     sc = s.get("scaling")
     if sc:
         out += [

@@ -20,7 +20,7 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     """``python -m benchmarks --quick`` fills every section, every target and RESULTS.md."""
     sections = ["core", "graph", "scaling", "host", "jax"]
     if redis_available():
-        sections += ["celery", "pool_memory"]
+        sections += ["celery", "pool_memory", "shared", "shared_knobs"]
     elif os.environ.get("CI") == "true":
         pytest.fail("no Redis server on 127.0.0.1:6379 (CI=true: a missing broker is a failure)")
     command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)]
@@ -37,7 +37,8 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     assert set(results["sections"]) == set(sections)
     assert results["machine"]["cpus"] >= 1 and results["versions"]["forksafe"]
     measured = [t for t in results["targets"] if t["value"] != "not measured"]
-    assert len(measured) == len(results["targets"]) - (0 if "celery" in sections else 3)
+    # Without Redis: the Celery, pool memory and shared host targets are not measured.
+    assert len(measured) == len(results["targets"]) - (0 if "celery" in sections else 7)
     core = results["sections"]["core"]
     for model in ("overhead_dense", "overhead_cnn"):
         for row in core[model].values():
@@ -57,3 +58,15 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     if "celery" in sections:
         assert "## Celery on Redis" in text and (tmp_path / "celery.png").exists()
         assert "## Memory of a pool whose master ran TensorFlow" in text
+        assert "## One model for many workers" in text and "## Shared host batching knobs" in text
+        shared = results["sections"]["shared"]["shared"]
+        for kind in ("celery", "gunicorn"):
+            batched, alone = shared[kind]["shared, batching"], shared[kind]["shared, max_batch=1"]
+            for row in (batched, alone):
+                # One host served the pool, counted in its memory; no worker imported TensorFlow.
+                assert row["in_effect"] == ["shared"] and row["hosts"] == 1
+                assert row["processes"]["host"] == 1 and row["pss_by_role_mb"]["host"] > 0
+                assert row["workers_imported_tensorflow"] == 0
+                assert len(row["rounds"]) == len(row["requests_per_s_ratios"]) >= 1
+            inprocess = shared[kind]["in-process"]
+            assert inprocess["in_effect"] == ["inprocess"] and "host" not in inprocess["processes"]
