@@ -18,11 +18,6 @@ from tests.procs import wait_gone
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by benchmarks/shared_knobs.py: _Hub._gather stops at once when max_wait "
-    "is 0, so calls queued while the previous batch ran are never joined",
-)
 def test_max_wait_0_joins_the_calls_already_waiting() -> None:
     """Six calls queued behind a slow one run as one joined call, not six."""
     proxy = forksafe.lazy_model(

@@ -70,6 +70,8 @@ class _Hub:
         self.grace = float(config["grace_s"])
         self.call_timeout = float(config["call_timeout_s"])
         self.log = str(config["log"])
+        # Unlinked on the way out, while this host still holds the start lock.
+        self.files = (str(config["socket"]), str(config["lock"]))
         self.calls: queue.Queue[_Call] = queue.Queue()
         self.held: deque[_Call] = deque()
         self.clients = 0
@@ -103,18 +105,12 @@ class _Hub:
                 self.loaded = True
                 self.last_change = time.monotonic()
 
-    def _next(self, timeout: float | None = None) -> _Call | None:
-        if self.held:
-            return self.held.popleft()
-        try:
-            return self.calls.get(timeout=timeout)
-        except queue.Empty:
-            return None
+    def _next(self) -> _Call:
+        return self.held.popleft() if self.held else self.calls.get()
 
     def run_forever(self) -> None:
         while True:
             first = self._next()
-            assert first is not None
             batch = [first]
             try:
                 if first.key is not None:
@@ -127,25 +123,38 @@ class _Hub:
                     call.done.set()
 
     def _gather(self, batch: list[_Call]) -> None:
-        """Join calls of the same key to ``batch``, up to max_batch rows, waiting a little."""
+        """Join calls of the same key to ``batch``, up to max_batch rows, waiting a little.
+
+        Calls already waiting are always looked at; ``max_wait_ms`` is how long
+        to wait for more. Calls that do not fit keep their order for later.
+        """
         rows = batch[0].rows
         deadline = time.monotonic() + self.max_wait
-        skipped: list[_Call] = []
+        held, self.held = list(self.held), deque()
+        skipped_held: list[_Call] = []
+        skipped_new: list[_Call] = []
         # Each client has at most one call in flight: with every client in the
         # batch already, no company can come.
         while rows < self.max_batch and len(batch) < self.clients:
-            remaining = deadline - time.monotonic()
-            call = self._next(max(remaining, 0.0)) if remaining > 0 or self.held else None
-            if call is None:
-                break
+            if held:
+                call, skipped = held.pop(0), skipped_held
+            else:
+                remaining = deadline - time.monotonic()
+                try:
+                    call = (
+                        self.calls.get(timeout=remaining)
+                        if remaining > 0
+                        else self.calls.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+                skipped = skipped_new
             if call.key == batch[0].key and rows + call.rows <= self.max_batch:
                 batch.append(call)
                 rows += call.rows
             else:
                 skipped.append(call)
-                if remaining <= 0:
-                    break
-        self.held.extendleft(reversed(skipped))
+        self.held = deque([*skipped_held, *held, *skipped_new])
 
     def _run(self, batch: list[_Call]) -> None:
         self.running_since = time.monotonic()
@@ -282,7 +291,7 @@ class _Hub:
                     file=sys.stderr,
                     flush=True,
                 )
-                os._exit(1)
+                self.leave(1)
             with self.lock:
                 idle = (
                     self.loaded
@@ -290,7 +299,19 @@ class _Hub:
                     and time.monotonic() - self.last_change > self.grace
                 )
             if idle:
-                os._exit(0)
+                self.leave(0)
+
+    def leave(self, code: int) -> None:
+        """Exit, leaving no socket or lock file behind (the log stays for reading).
+
+        The socket goes first: a starter that then takes a new lock file finds
+        no socket of ours to connect to. One that had opened the old lock file
+        sees it gone once it holds it, and tries again (``SharedHost._start``).
+        """
+        for path in self.files:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os._exit(code)
 
 
 def main() -> None:
@@ -321,7 +342,7 @@ def main() -> None:
         # Not cached: whoever connects now gets the error, and the next use
         # after that starts a host that tries again.
         print(f"forksafe shared host {os.getpid()}: the load failed", flush=True)
-        threading.Timer(_FAILED_LOAD_LINGER, os._exit, (1,)).start()
+        threading.Timer(_FAILED_LOAD_LINGER, hub.leave, (1,)).start()
     threading.Thread(target=hub.run_forever, name="forksafe-shared-model", daemon=True).start()
     for sock, peer in peers(listener):
         threading.Thread(
