@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import multiprocessing
 import os
@@ -21,6 +22,7 @@ import pytest
 
 import forksafe
 from forksafe._host import shared as shared_host
+from forksafe._host import wire
 from tests import host_scenarios, scenarios
 from tests.helpers import fork_many, run_clean
 from tests.host_scenarios import Recorder
@@ -200,7 +202,34 @@ def test_the_host_leaves_after_its_grace_period(tag: str, monkeypatch: pytest.Mo
     del proxy
     gc.collect()
     assert wait_gone(host, 10)
-    assert os.path.exists(log)
+    assert os.path.exists(log)  # kept for reading
+    base = log.removesuffix(".log")
+    assert not os.path.exists(f"{base}.sock")
+    assert not os.path.exists(f"{base}.lock")
+
+
+def test_a_starter_whose_lock_file_was_removed_starts_under_the_new_one(
+    tag: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leaving host removed the lock file a starter had just locked: it starts under a new one.
+
+    Otherwise that starter's host would hold a lock no later starter can see,
+    and the next one would start a second host beside it.
+    """
+    removed: list[str] = []
+
+    def leave_under_it() -> None:  # what a leaving host does between open and flock
+        if not removed:
+            path = sys._getframe(2).f_locals["lock_path"]  # SharedHost._start's
+            os.unlink(path)
+            removed.append(path)
+
+    monkeypatch.setitem(wire._faults, "shared.locked", leave_under_it)
+    proxy = shared(tag)
+    np.testing.assert_array_equal(proxy.predict(np.ones((1, 2))), np.full((1, 2), 3.0))
+    assert removed and os.path.exists(removed[0])
+    with open(removed[0], "rb") as lock, pytest.raises(BlockingIOError):
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the host holds this very file
 
 
 def test_workers_that_use_a_shared_keras_model_never_import_tensorflow(models: Models) -> None:

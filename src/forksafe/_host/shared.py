@@ -133,6 +133,13 @@ class SharedHost:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return False  # a live host holds it, or another process is starting one
+            checkpoint("shared.locked")
+            try:
+                current = os.stat(lock_path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current != os.fstat(lock).st_ino:
+                return False  # a host that left unlinked this file: take the new one
             try:
                 loader = pickle.dumps(self.loader, protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
@@ -143,6 +150,7 @@ class SharedHost:
                 ) from exc
             config = {
                 "socket": sock_path,
+                "lock": lock_path,
                 "log": log_path,
                 "describe": self.describe,
                 "loader": loader,  # unpickled there once sys.path is the client's
