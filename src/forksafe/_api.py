@@ -14,7 +14,7 @@ __all__ = ["ISOLATIONS", "lazy_model", "load_model"]
 ISOLATIONS = ("auto", "inprocess", "process", "shared")
 # A shared host's batching, unless asked otherwise (benchmarks/RESULTS.md).
 DEFAULT_MAX_BATCH = 64
-DEFAULT_MAX_WAIT_MS = 2.0
+DEFAULT_MAX_WAIT_MS = 5.0
 
 
 def _check_options(
@@ -93,7 +93,7 @@ def load_model(
         max_batch: with ``isolation="shared"``: the most rows one joined
             call may hold (default 64; 1 turns batching off).
         max_wait_ms: with ``isolation="shared"``: how long a call may wait
-            for others to join it (default 2 ms).
+            for others to join it (default 5 ms).
         **load_kwargs: passed to the loader (``custom_objects``, ``compile``,
             ``safe_mode`` ...; Keras' ``safe_mode`` stays on by default).
 
