@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import numpy as np
 import forksafe
 from tests.helpers import fork_call, fork_many
 from tests.models import Models
-from tests.procs import parent_of
+from tests.procs import parent_of, wait_gone
 from tests.scenarios import start_runtime
 
 _TORCH_WEIGHT = np.linspace(-1.0, 1.0, 12, dtype="float32").reshape(3, 4)
@@ -175,3 +176,17 @@ def keras_through_a_shared_host(models: Models) -> dict[str, Any]:
         "in_effect": forksafe.info(proxy).in_effect,
         "frameworks": sorted(m for m in ("tensorflow", "keras", "tf_keras") if m in sys.modules),
     }
+
+
+def stop_shared(proxy: forksafe.ModelProxy) -> None:
+    """Stop a shared proxy's host with SIGTERM, as a user would: it leaves no socket or lock."""
+    info = forksafe.info(proxy)
+    if info.host_pid is None:
+        proxy.pid()  # connect, starting it if need be
+        info = forksafe.info(proxy)
+    assert info.host_pid is not None and info.host_log is not None
+    os.kill(info.host_pid, signal.SIGTERM)
+    assert wait_gone(info.host_pid)
+    base = info.host_log.removesuffix(".log")
+    assert not os.path.exists(f"{base}.sock")
+    assert not os.path.exists(f"{base}.lock")

@@ -25,12 +25,22 @@ from forksafe._host import shared as shared_host
 from forksafe._host import wire
 from tests import host_scenarios, scenarios
 from tests.helpers import fork_many, run_clean
-from tests.host_scenarios import Recorder
+from tests.host_scenarios import Recorder, stop_shared
 from tests.models import Models
 from tests.procs import wait_gone
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_logs_left() -> Iterator[None]:
+    """The logs of this module's hosts go when it ends (a user's stay, one per model)."""
+    before = set(os.listdir(shared_host.runtime_dir()))
+    yield
+    for name in set(os.listdir(shared_host.runtime_dir())) - before:
+        if name.endswith(".log"):
+            os.unlink(os.path.join(shared_host.runtime_dir(), name))
 
 
 @pytest.fixture
@@ -41,10 +51,7 @@ def tag() -> Iterator[str]:
     """
     value = uuid.uuid4().hex
     yield value
-    proxy = forksafe.lazy_model(Recorder, value, isolation="shared", timeout=30)
-    pid = proxy.pid()
-    os.kill(pid, signal.SIGKILL)
-    assert wait_gone(pid)
+    stop_shared(forksafe.lazy_model(Recorder, value, isolation="shared", timeout=30))
 
 
 def shared(tag: str, **options: Any) -> forksafe.ModelProxy:
@@ -257,7 +264,7 @@ def test_the_shared_hosts_output_goes_to_its_log(tag: str) -> None:
         f"model {tag} on stderr",
     ):
         assert line in text
-    os.kill(proxy.pid(), signal.SIGKILL)
+    stop_shared(proxy)
 
 
 def test_a_failed_load_is_not_cached(models: Models, tmp_path: Any) -> None:
@@ -279,4 +286,4 @@ def test_a_failed_load_is_not_cached(models: Models, tmp_path: Any) -> None:
             assert time.monotonic() < deadline, "the failed load was cached"
             time.sleep(0.2)
     np.testing.assert_allclose(y, reference, atol=1e-5)
-    os.kill(forksafe.info(proxy).host_pid or 0, signal.SIGKILL)
+    stop_shared(proxy)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import threading
 import time
 import uuid
@@ -12,8 +11,7 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.host_scenarios import Recorder
-from tests.procs import wait_gone
+from tests.host_scenarios import Recorder, stop_shared
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -23,7 +21,7 @@ def test_max_wait_0_joins_the_calls_already_waiting() -> None:
     proxy = forksafe.lazy_model(
         Recorder, uuid.uuid4().hex, 0.3, isolation="shared", max_wait_ms=0, timeout=30
     )
-    host = proxy.pid()
+    proxy.pid()
     try:
         first = threading.Thread(target=proxy.predict, args=(np.ones((1, 3)),))
         first.start()
@@ -37,5 +35,7 @@ def test_max_wait_0_joins_the_calls_already_waiting() -> None:
         assert sum(seen) == 7
         assert seen[1:] == [6], seen
     finally:
-        os.kill(host, signal.SIGKILL)
-        assert wait_gone(host)
+        log = forksafe.info(proxy).host_log
+        stop_shared(proxy)
+        if log is not None:
+            os.unlink(log)

@@ -19,6 +19,7 @@ import contextlib
 import os
 import pickle
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -335,6 +336,8 @@ def main() -> None:
     writer.send({"pid": os.getpid()})
     writer.close()
     hub = _Hub(config)
+    # `kill PID` stops a host cleanly: its clients see it gone, as after a crash.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: hub.leave(0))
     threading.Thread(target=hub.watch, name="forksafe-shared-watch", daemon=True).start()
     print(f"forksafe shared host {os.getpid()}: loading {config['describe']}", flush=True)
     hub.load(config["loader"])
