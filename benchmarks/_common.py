@@ -1,4 +1,4 @@
-"""What every benchmark shares: models built out of process, timing, summaries, JSON."""
+"""What every benchmark shares: models built out of process, timing, summaries, JSON, pools."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import json
 import multiprocessing
 import os
 import random
+import signal
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -155,3 +157,40 @@ def write_json(path: str | None, report: dict[str, Any]) -> None:
     if path:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
+
+
+def marked(needle: str) -> list[int]:
+    """Live (not zombie) processes whose environment holds ``needle``."""
+    encoded = needle.encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if encoded not in f.read():
+                    continue
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+        except OSError:
+            continue
+        found.append(int(entry))
+    return found
+
+
+def stop_session(process: subprocess.Popen[bytes], wait: float) -> None:
+    """Stop a server started with ``start_new_session``: SIGTERM to its group, then SIGKILL.
+
+    Each signal gets ``wait`` seconds for the leader to exit.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(wait)
+            return
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+    if process.poll() is None:  # left its group
+        process.kill()
+        process.wait(wait)

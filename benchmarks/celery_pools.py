@@ -17,7 +17,6 @@ import argparse
 import collections
 import contextlib
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import build_model, median_ci, summary, write_json
+from benchmarks._common import build_model, median_ci, stop_session, summary, write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REDIS = os.environ.get("FSB_REDIS", "redis://127.0.0.1:6379/14")
@@ -90,16 +89,7 @@ def _worker(pool: str, slots: int, hold: str, model: str, queue: str, log: str) 
     try:
         yield process.pid
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)
-                process.wait(15)
-                break
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                continue
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
+        stop_session(process, 15)
 
 
 def _burst(task: Any, queue: str, tasks: int) -> float:

@@ -25,31 +25,11 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks._common import build_model, write_json
+from benchmarks._common import build_model, marked, stop_session, write_json
 from benchmarks.celery_pools import REDIS, redis_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TEMPLATE_MARK = b"forksafe._host.template import main"
-
-
-def _marked(marker: str) -> list[int]:
-    """Live processes whose environment carries ``marker``."""
-    needle = marker.encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle not in f.read():
-                    continue
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    continue
-        except OSError:
-            continue
-        found.append(int(entry))
-    return found
 
 
 def _pss_kb(pid: int) -> int:
@@ -100,19 +80,13 @@ def _pool(hold: str, children: int, model: str, queue: str, marker: str, log: st
     try:
         yield process.pid
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)
-                process.wait(30)
-                break
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                continue
+        stop_session(process, 30)
         # The template and hosts are in a session of their own: they leave once
         # their clients and the master are gone. Wait for that, bounded.
         deadline = time.monotonic() + 30
-        while _marked(marker) and time.monotonic() < deadline:
+        while marked(marker) and time.monotonic() < deadline:
             time.sleep(0.2)
-        for pid in _marked(marker):
+        for pid in marked(marker):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -134,7 +108,7 @@ def measure(hold: str, children: int, model: str, log_dir: str) -> dict[str, Any
             batch = [classify.apply_async((i,), queue=queue) for i in range(4 * children)]
             answered |= {r.get(timeout=300)["pid"] for r in batch}
         time.sleep(2.0)  # let warm-up threads and the template settle
-        processes = {pid: _role(pid, master) for pid in _marked(f"FSB_MARKER={marker}")}
+        processes = {pid: _role(pid, master) for pid in marked(f"FSB_MARKER={marker}")}
         pss = {pid: _pss_kb(pid) / 1024 for pid in processes}
     roles: dict[str, int] = {}
     for role in processes.values():

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks._common import marked, stop_session
 from benchmarks.celery_pools import REDIS
-from benchmarks.pool_memory import _marked as marked
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,13 +91,7 @@ def pool(
         yield Pool(kind, process.pid, target, f"FSB_MARKER={marker}", log)
     finally:
         everyone = set(marked(f"FSB_MARKER={marker}"))
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)
-                process.wait(30)
-                break
-            except (subprocess.TimeoutExpired, ProcessLookupError):
-                continue
+        stop_session(process, 30)
         # The shared host is in a session of its own and would stay for its
         # grace period: stopped once it has seen its clients go.
         time.sleep(0.5)

@@ -41,7 +41,7 @@ import uuid
 from typing import Any
 
 from benchmarks import serving
-from benchmarks._common import build_model, summary, write_json
+from benchmarks._common import build_model, marked, summary, write_json
 from benchmarks.celery_pools import REDIS, redis_available
 
 KINDS = ("celery", "gunicorn")
@@ -55,15 +55,15 @@ BASE, BATCHED = "in-process", "shared, batching"
 
 def _sizes(pool: serving.Pool, answers: list[Any]) -> dict[str, Any]:
     """The memory of ``pool``'s processes, by role; where the model ran, as its answers say."""
-    marked = serving.marked(pool.marker)
+    processes = marked(pool.marker)
     hosts = {a["host_pid"] for a in answers} - {None}
-    if not hosts <= set(marked):
-        raise RuntimeError(f"shared host {hosts} is not among the pool's processes {marked}")
+    if not hosts <= set(processes):
+        raise RuntimeError(f"shared host {hosts} is not among the pool's processes {processes}")
     roles = {
         pid: "master" if pid == pool.master else "host" if pid in hosts else "worker"
-        for pid in marked
+        for pid in processes
     }
-    sizes = {pid: serving.memory_mb(pid) for pid in marked}
+    sizes = {pid: serving.memory_mb(pid) for pid in processes}
     by_role: dict[str, float] = collections.defaultdict(float)
     for pid, role in roles.items():
         by_role[role] += sizes[pid][0]
@@ -149,8 +149,9 @@ def _summarise(
 def forget_hosts(directory: str) -> None:
     """Remove the socket, lock and log that this run's shared hosts left behind.
 
-    (A shared host that exits leaves them in the user's runtime directory;
-    the next host of the same source and options would reuse them.)
+    (A shared host that exits leaves its log in the user's runtime directory,
+    one that was killed its socket and lock too; the next host of the same
+    source and options would reuse them.)
     """
     from forksafe._host.shared import runtime_dir
 
