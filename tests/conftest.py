@@ -17,8 +17,10 @@ besides the whole suite under TensorFlow.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -72,6 +74,22 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             if os.environ.get("CI") == "true":
                 pytest.fail(message + ": CI must install it", pytrace=False)
             pytest.skip(message)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _shared_host_logs_removed() -> Iterator[None]:
+    """The logs of this run's shared hosts go when it ends (a user's stay: one per model).
+
+    Their sockets and locks go with the hosts themselves (tests/integration/test_shared.py).
+    """
+    from forksafe._host.shared import runtime_dir
+
+    before = set(os.listdir(runtime_dir()))
+    yield
+    for name in set(os.listdir(runtime_dir())) - before:
+        if name.endswith(".log"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(runtime_dir(), name))
 
 
 @pytest.fixture(scope="session")

@@ -182,7 +182,7 @@ def stop_shared(proxy: forksafe.ModelProxy) -> None:
     """Stop a shared proxy's host with SIGTERM, as a user would: it leaves no socket or lock."""
     info = forksafe.info(proxy)
     if info.host_pid is None:
-        proxy.pid()  # connect, starting it if need be
+        proxy.pid()  # a Recorder's: connect, starting the host if need be
         info = forksafe.info(proxy)
     assert info.host_pid is not None and info.host_log is not None
     os.kill(info.host_pid, signal.SIGTERM)

@@ -33,16 +33,6 @@ pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _no_logs_left() -> Iterator[None]:
-    """The logs of this module's hosts go when it ends (a user's stay, one per model)."""
-    before = set(os.listdir(shared_host.runtime_dir()))
-    yield
-    for name in set(os.listdir(shared_host.runtime_dir())) - before:
-        if name.endswith(".log"):
-            os.unlink(os.path.join(shared_host.runtime_dir(), name))
-
-
 @pytest.fixture
 def tag() -> Iterator[str]:
     """A tag of this test's own: its proxies share a host no other test uses.
