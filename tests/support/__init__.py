@@ -1,0 +1,1 @@
+"""What the suite's tests share: the one rule for skips, processes, /proc and models."""
