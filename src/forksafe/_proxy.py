@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from forksafe import _forking, _frameworks, _runtime, _scopes
+from forksafe import _churn, _forking, _frameworks, _runtime, _scopes
 from forksafe._errors import ForkSafeError, ForkSafeWarning, HostError, InheritedRuntimeError
 from forksafe._graph import GraphOwner, load_owned
 from forksafe._methods import ProxyMethod
@@ -124,6 +124,7 @@ class ModelProxy(_Base):
                 else:
                     model, owner = load_owned(self._self_source.load)
                     _runtime.note_loaded()
+                    _churn.note_load(self._self_source.describe())
             finally:
                 self._self_loading = None
             self._self_in_effect = in_effect
