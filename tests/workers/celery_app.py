@@ -12,22 +12,16 @@ import os
 import time
 from typing import Any
 
-import numpy as np
 from celery import Celery
 
-import forksafe
 import forksafe.celery
 from tests.workers.celery_config import configure
 
+# The one-line fix, MODEL = forksafe.load_model(...), and with FS_PARENT_RUNS_TF=1 what
+# the original report did at import (it runs in the worker's parent): see ``served``.
+from tests.workers.served import MODEL, answer
+
 app = configure(Celery("forksafe_tests"), os.environ)
-
-MODEL = forksafe.load_model(os.environ.get("FS_MODEL", "unset.keras"))  # the one-line fix
-
-if os.environ.get("FS_PARENT_RUNS_TF") == "1":
-    import keras
-
-    # What the original report did at import: it now runs in the worker's parent.
-    keras.models.load_model(os.environ["FS_MODEL"]).predict(np.zeros((1, 4), "float32"))
 
 if os.environ.get("FS_WARM") == "1":
     forksafe.celery.install(app, warm=[MODEL])
@@ -36,14 +30,7 @@ if os.environ.get("FS_WARM") == "1":
 @app.task(name="fs.predict")
 def predict(rows: list[list[float]]) -> dict[str, Any]:
     """Predict and report which process answered and how it holds the model."""
-    y = MODEL.predict_on_batch(np.asarray(rows, "float32"))
-    info = forksafe.info(MODEL)
-    return {
-        "pid": os.getpid(),
-        "y": np.asarray(y).tolist(),
-        "loads": info.loads,
-        "in_effect": info.in_effect,
-    }
+    return answer(rows)
 
 
 @app.task(name="fs.slow_predict")

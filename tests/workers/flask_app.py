@@ -1,33 +1,21 @@
-"""A Flask app served by gunicorn in the tests: one module-level proxy.
+"""A Flask app served by gunicorn and uWSGI in the tests: one module-level proxy.
 
 FS_MODEL: the model; FS_PARENT_RUNS_TF=1: load and predict with plain Keras
-at import (with --preload that happens in gunicorn's master).
+at import (with --preload, or uWSGI without lazy-apps, that happens in the
+master); see ``served``.
 """
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
 from flask import Flask, jsonify, request
 
-import forksafe
+from tests.workers.served import MODEL, answer
 
 app = Flask(__name__)
-MODEL = forksafe.load_model(os.environ["FS_MODEL"])
-
-if os.environ.get("FS_PARENT_RUNS_TF") == "1":
-    import keras
-
-    keras.models.load_model(os.environ["FS_MODEL"]).predict(np.zeros((1, 4), "float32"))
+__all__ = ["MODEL", "app"]
 
 
 @app.post("/predict")
 def predict() -> object:
     """Predict the posted rows; say which process answered and how."""
-    rows = np.asarray(request.get_json()["rows"], "float32")
-    y = MODEL.predict_on_batch(rows)
-    info = forksafe.info(MODEL)
-    return jsonify(
-        pid=os.getpid(), y=np.asarray(y).tolist(), loads=info.loads, in_effect=info.in_effect
-    )
+    return jsonify(answer(request.get_json()["rows"]))
