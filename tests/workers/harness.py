@@ -38,11 +38,12 @@ def worker_process(
     ready: str,
     timeout: float = 90.0,
     cwd: str = ROOT,
+    program: str | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``python -m <args>`` in its own process group until the block ends."""
+    """Run ``python -m <args>`` (or ``program <args>``) in its own process group until the end."""
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", *args],
+            [program, *args] if program else [sys.executable, "-m", *args],
             cwd=cwd,
             env={**os.environ, **env},
             stdout=out,
