@@ -1,6 +1,6 @@
 """A shared host: one model serving every process of this user that asks for it.
 
-Started by a client with ``python -I -c SHARED_COMMAND CONFIG_FD REPORT_FD``
+Started by a client with ``python -I`` (``client_start``)
 (isolated, the client's ``sys.path`` given explicitly), it detaches into a
 session of its own, keeps the start lock its starter took (so no second
 host can start while it lives), binds its socket in the user's private

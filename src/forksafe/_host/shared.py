@@ -26,13 +26,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from forksafe._errors import HostError, HostTimeoutError
+from forksafe._host.client_start import start_detached
 from forksafe._host.wire import (
-    SHARED_COMMAND,
     checkpoint,
     decode,
     peer_of,
     set_timeouts,
-    start_detached,
 )
 
 __all__ = ["GRACE_SECONDS", "SharedHost", "runtime_dir"]
@@ -161,7 +160,7 @@ class SharedHost:
             }
             # The host inherits the locked descriptor and keeps it for life.
             start_detached(
-                SHARED_COMMAND,
+                "hub",
                 config,
                 keep_fds=(lock,),
                 timeout=timeout,

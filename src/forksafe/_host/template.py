@@ -29,9 +29,10 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from forksafe._frameworks import FRAMEWORKS
+from forksafe._host.client_start import command
 from forksafe._host.server import serve
 from forksafe._host.transport import gone, sweep
-from forksafe._host.wire import TEMPLATE_COMMAND, peers
+from forksafe._host.wire import peers
 
 __all__ = ["main"]
 
@@ -151,7 +152,7 @@ def _reexec_without_preload(listener: socket.socket, config: dict[str, Any]) -> 
     writer = Connection(write_fd, readable=False)
     writer.send({**config, "preload": [], "listen_fd": fd})
     writer.close()
-    os.execv(sys.executable, [sys.executable, "-I", "-c", TEMPLATE_COMMAND, str(read_fd), "-1"])
+    os.execv(sys.executable, [sys.executable, "-I", "-c", command("template"), str(read_fd), "-1"])
 
 
 def main() -> None:

@@ -28,16 +28,15 @@ from typing import Any
 
 from forksafe import _forking
 from forksafe._errors import HostError, HostTimeoutError
+from forksafe._host.client_start import start_detached
 from forksafe._host.transport import sweep
 from forksafe._host.wire import (
-    TEMPLATE_COMMAND,
     checkpoint,
     client_handshake,
     decode,
     peer_of,
     send_fd,
     set_timeouts,
-    start_detached,
 )
 
 __all__ = ["TreeHost"]
@@ -140,7 +139,7 @@ class _Templates:
             # own start-up never looks in the directory).
             "sys_path": [p or os.getcwd() for p in sys.path],
         }
-        start_detached(TEMPLATE_COMMAND, config, timeout=timeout, what="the model host template")
+        start_detached("template", config, timeout=timeout, what="the model host template")
 
 
 def _stderr() -> int | None:

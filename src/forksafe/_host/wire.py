@@ -20,8 +20,6 @@ import os
 import pickle
 import socket
 import struct
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,12 +27,10 @@ from multiprocessing.connection import Connection, answer_challenge, deliver_cha
 from typing import Any
 
 from forksafe import _errors
-from forksafe._errors import HostError, HostTimeoutError
+from forksafe._errors import HostError
 
 __all__ = [
     "HANDSHAKE_SECONDS",
-    "SHARED_COMMAND",
-    "TEMPLATE_COMMAND",
     "Peer",
     "checkpoint",
     "client_handshake",
@@ -48,17 +44,8 @@ __all__ = [
     "send_fd",
     "server_handshake",
     "set_timeouts",
-    "start_detached",
 ]
 
-# How a template or a shared host is started: ``python -I -c COMMAND CONFIG_FD
-# REPORT_FD``. ``-I`` ignores PYTHONPATH, so the directory forksafe was
-# imported from is appended (last: it cannot shadow anything) for a forksafe
-# that is not installed.
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_COMMAND = "import sys; sys.path.append({root!r}); from forksafe._host.{module} import main; main()"
-TEMPLATE_COMMAND = _COMMAND.format(root=_ROOT, module="template")
-SHARED_COMMAND = _COMMAND.format(root=_ROOT, module="hub")
 # A connection that has not finished its handshake by then is dropped.
 HANDSHAKE_SECONDS = 10.0
 _CREDENTIALS = struct.Struct("3i")
@@ -106,52 +93,6 @@ def set_timeouts(sock: socket.socket | int, seconds: float) -> None:
     value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
-
-
-def start_detached(
-    command: str,
-    config: dict[str, Any],
-    *,
-    keep_fds: tuple[int, ...] = (),
-    timeout: float,
-    what: str,
-) -> dict[str, Any]:
-    """Start ``python -I -c command CONFIG_FD REPORT_FD``, hand it ``config``, return its report.
-
-    The child detaches (forks and exits its first process, which is reaped
-    here at once) and reports on the second pipe; every wait is bounded by
-    ``timeout``, and a child that does not report in time is killed.
-    ``keep_fds`` are descriptors the child inherits (a lock it keeps).
-    """
-    config_r, config_w = os.pipe()
-    report_r, report_w = os.pipe()
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-c", command, str(config_r), str(report_w)],
-            stdin=subprocess.DEVNULL,
-            pass_fds=(config_r, report_w, *keep_fds),
-        )
-    finally:
-        os.close(config_r)
-        os.close(report_w)
-    writer = Connection(config_w, readable=False)
-    reader = Connection(report_r, writable=False)
-    try:
-        writer.send(config)
-        writer.close()
-        process.wait(timeout)  # the first process exits as soon as the child detaches
-        if not reader.poll(timeout):
-            raise HostTimeoutError(f"{what} did not start within {timeout} s")
-        report: dict[str, Any] = reader.recv()
-        return report
-    except subprocess.TimeoutExpired:
-        raise HostTimeoutError(f"{what} did not start within {timeout} s") from None
-    finally:
-        writer.close()
-        reader.close()
-        if process.returncode is None:
-            process.kill()
-            process.wait()
 
 
 def peers(listener: socket.socket) -> Iterator[tuple[socket.socket, Peer]]:
