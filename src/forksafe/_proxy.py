@@ -143,7 +143,7 @@ class ModelProxy(_Base):
                 else:
                     model, owner = load_owned(options.source.load)
                     _runtime.note_loaded()
-                    _churn.note_load(self._self_source.describe())
+                    _churn.note_load(options.source.describe())
             finally:
                 self._self_loading = None
             held = Held.of(model, owner, in_effect)
