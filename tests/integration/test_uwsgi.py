@@ -2,7 +2,8 @@
 
 uWSGI forks its workers in C: Python's at-fork hooks do not run in them
 (unless ``--py-call-osafterfork``), so these tests also check the proxy's pid
-backstop, and its ``sys.executable`` is the uwsgi binary, not Python.
+backstop; and ``sys.executable`` is the uwsgi binary, not Python, so a host
+must start with the environment's own Python.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ from tests.support.servers import check_answers, free_port, post_rows
 from tests.workers.harness import ROOT, worker_process
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.keras_backend("tensorflow")]
-HOSTS_UNDER_UWSGI = pytest.mark.xfail(
-    strict=True, reason="issue 21: hosts cannot start under uWSGI"
-)
 
 
 def uwsgi_binary() -> str:
@@ -81,7 +79,6 @@ def test_lazy_apps_workers_load_once_each(models: Models, tmp_path: Any, poisone
     assert len(per_pid) <= 2 and master not in per_pid
 
 
-@HOSTS_UNDER_UWSGI
 @pytest.mark.parametrize("isolation", ["auto", "process"])
 def test_master_that_ran_tensorflow_answers_through_hosts(
     models: Models, tmp_path: Any, isolation: str
@@ -95,7 +92,6 @@ def test_master_that_ran_tensorflow_answers_through_hosts(
     assert master not in per_pid
 
 
-@HOSTS_UNDER_UWSGI
 def test_master_that_ran_tensorflow_shares_one_host(models: Models, tmp_path: Any) -> None:
     """Same master, isolation='shared': both workers answer through one host."""
     answers, _ = serve(
@@ -106,7 +102,6 @@ def test_master_that_ran_tensorflow_shares_one_host(models: Models, tmp_path: An
     assert len({answer["host_pid"] for answer in answers}) == 1
 
 
-@HOSTS_UNDER_UWSGI
 def test_shared_host_for_an_untouched_master(models: Models, tmp_path: Any) -> None:
     """isolation='shared' with an untouched master: both workers answer through one host."""
     answers, _ = serve(models, tmp_path, "--enable-threads", FS_ISOLATION="shared")
