@@ -18,8 +18,10 @@ from typing import Any
 
 from forksafe import testing
 from forksafe._frameworks import display
+from forksafe._servers import Advice, recognise
 
 _MODEL_TYPES = (("keras", "Model"), ("tf_keras", "Model"), ("torch.nn", "Module"))
+_GUIDES = "forksafe's docs, guides/"
 
 
 def demo_transport_options(folder: str) -> dict[str, Any]:
@@ -103,6 +105,7 @@ def _probe(target: str) -> dict[str, Any]:
         (name, kind, _how_built(module, name))
         for name, kind in _bare_models(module, attribute or None)
     ]
+    report["servers"] = recognise(module)
     return report
 
 
@@ -121,6 +124,16 @@ def doctor(target: str, timeout: float) -> int:
     if "error" in report:
         print(f"  PROBLEM: cannot import {target}: {report['error']}")
         return 1
+    problems = _print_problems(report)
+    _print_servers(report["servers"])
+    if problems:
+        return 1
+    print("  OK: importing it started no framework runtime and holds no bare model.")
+    return 0
+
+
+def _print_problems(report: dict[str, Any]) -> int:
+    """Print the runtimes the import started and the bare models it holds; their count."""
     problems = 0
     for name, where in report["started"]:
         problems += 1
@@ -141,10 +154,14 @@ def doctor(target: str, timeout: float) -> int:
                 "forksafe.lazy_model(build_model) so each worker builds its own."
             )
         print(f"  PROBLEM: {name} is a model loaded outside a proxy ({kind}); {fix}")
-    if problems:
-        return 1
-    print("  OK: importing it started no framework runtime and holds no bare model.")
-    return 0
+    return problems
+
+
+def _print_servers(found: list[Advice]) -> None:
+    """Print the advice for each server or queue the module is run by."""
+    for advice in found:
+        kind = "FORK PER JOB" if advice.fork_per_job else "NOTE"
+        print(f"  {kind} ({advice.server}): {advice.text} Guide: {_GUIDES}{advice.guide}")
 
 
 def _importable(name: str) -> bool:
@@ -187,28 +204,10 @@ def demo(broker: str | None, workers: int, tasks: int, naive: bool, timeout: flo
             f"forksafe demo needs {', '.join(missing)}, which is not installed: "
             "pip install 'forksafe[demo]' (Celery, Keras and TensorFlow)"
         )
-    from celery import Celery
-
     with tempfile.TemporaryDirectory(prefix="forksafe-demo-") as directory:
         print("1/4 building a small Keras model (in a subprocess) ...", flush=True)
         tiny = testing.run_in_subprocess(testing.save_tiny_model, directory, timeout=180)
-        folder = os.path.join(directory, "broker")
-        os.makedirs(folder)
-        os.makedirs(os.path.join(directory, "results"))
-        env = {
-            **os.environ,
-            "FORKSAFE_DEMO_MODEL": tiny.path,
-            "FORKSAFE_DEMO_FOLDER": folder,
-            "FORKSAFE_DEMO_NAIVE": "1" if naive else "0",
-            "FORKSAFE_DEMO_BROKER": broker or "filesystem://",
-            "FORKSAFE_DEMO_BACKEND": (
-                broker
-                if broker and broker.startswith("redis")
-                else "rpc://"
-                if broker
-                else f"file://{os.path.join(directory, 'results')}"
-            ),
-        }
+        env = _demo_env(directory, tiny.path, broker, naive)
         pattern = (
             "the original report: MODEL = keras.models.load_model(...) at import"
             if naive
@@ -220,59 +219,78 @@ def demo(broker: str | None, workers: int, tasks: int, naive: bool, timeout: flo
             flush=True,
         )
         log = os.path.join(directory, "worker.log")
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "forksafe._demo_app",
-                    "worker",
-                    "-P",
-                    "prefork",
-                    "-c",
-                    str(workers),
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--without-heartbeat",
-                    "--loglevel=INFO",
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = _start_demo_worker(env, workers, log)
         try:
             _wait_ready(log, process, 120)
-            app = Celery(
-                "forksafe_demo_client",
-                broker=env["FORKSAFE_DEMO_BROKER"],
-                backend=env["FORKSAFE_DEMO_BACKEND"],
-            )
-            if env["FORKSAFE_DEMO_BROKER"].startswith("filesystem"):
-                app.conf.broker_transport_options = demo_transport_options(folder)
-            print(f"3/4 sending {tasks} prediction tasks ...", flush=True)
-            rows = tiny.x.tolist()
-            pending = [app.send_task("forksafe_demo.predict", args=[rows]) for _ in range(tasks)]
-            answers = []
-            deadline = time.monotonic() + timeout
-            for index, result in enumerate(pending, 1):
-                try:
-                    answers.append(result.get(timeout=max(deadline - time.monotonic(), 0.1)))
-                except Exception as exc:  # celery raises its own TimeoutError
-                    print(
-                        f"    task {index}: no answer within {timeout} s ({type(exc).__name__})"
-                        " -- the prefork child hangs on its first predict, as in the report."
-                    )
-                    break
-                print(f"    {index}/{tasks} answered", flush=True)
-            app.close()
+            answers = _send_tasks(env, tiny.x.tolist(), tasks, timeout)
         finally:
             _stop(process)
     print("4/4 results")
     _table(answers, tasks)
     return 0
+
+
+def _demo_env(directory: str, model: str, broker: str | None, naive: bool) -> dict[str, str]:
+    """The demo worker's environment: its model, broker and result backend."""
+    folder = os.path.join(directory, "broker")
+    os.makedirs(folder)
+    os.makedirs(os.path.join(directory, "results"))
+    if broker is None:
+        backend = f"file://{os.path.join(directory, 'results')}"
+    else:
+        backend = broker if broker.startswith("redis") else "rpc://"
+    return {
+        **os.environ,
+        "FORKSAFE_DEMO_MODEL": model,
+        "FORKSAFE_DEMO_FOLDER": folder,
+        "FORKSAFE_DEMO_NAIVE": "1" if naive else "0",
+        "FORKSAFE_DEMO_BROKER": broker or "filesystem://",
+        "FORKSAFE_DEMO_BACKEND": backend,
+    }
+
+
+def _start_demo_worker(env: dict[str, str], workers: int, log: str) -> subprocess.Popen[bytes]:
+    """A quiet Celery prefork worker of the demo app, in a session of its own."""
+    args = [
+        sys.executable, "-m", "celery", "-A", "forksafe._demo_app", "worker", "-P", "prefork",
+        "-c", str(workers), "--without-gossip", "--without-mingle", "--without-heartbeat",
+        "--loglevel=INFO",
+    ]  # fmt: skip
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def _send_tasks(
+    env: dict[str, str], rows: list[Any], tasks: int, timeout: float
+) -> list[dict[str, Any]]:
+    """Send ``tasks`` predictions; the answers that came within ``timeout`` seconds."""
+    from celery import Celery
+
+    app = Celery(
+        "forksafe_demo_client",
+        broker=env["FORKSAFE_DEMO_BROKER"],
+        backend=env["FORKSAFE_DEMO_BACKEND"],
+    )
+    if env["FORKSAFE_DEMO_BROKER"].startswith("filesystem"):
+        app.conf.broker_transport_options = demo_transport_options(env["FORKSAFE_DEMO_FOLDER"])
+    print(f"3/4 sending {tasks} prediction tasks ...", flush=True)
+    pending = [app.send_task("forksafe_demo.predict", args=[rows]) for _ in range(tasks)]
+    answers = []
+    deadline = time.monotonic() + timeout
+    for index, result in enumerate(pending, 1):
+        try:
+            answers.append(result.get(timeout=max(deadline - time.monotonic(), 0.1)))
+        except Exception as exc:  # celery raises its own TimeoutError
+            print(
+                f"    task {index}: no answer within {timeout} s ({type(exc).__name__})"
+                " -- the prefork child hangs on its first predict, as in the report."
+            )
+            break
+        print(f"    {index}/{tasks} answered", flush=True)
+    app.close()
+    return answers
 
 
 def _table(answers: list[dict[str, Any]], tasks: int) -> None:

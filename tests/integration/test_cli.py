@@ -187,3 +187,64 @@ def test_naive_demo_shows_the_hang_caught_by_a_timeout() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no answer within 8.0 s" in done.stdout
     assert "answered 0 of 2 tasks" in done.stdout
+
+
+SERVED = {
+    "rq": ("import rq\n", {}, "FORK PER JOB (RQ): a worker forks a work horse per job"),
+    "celery-one-task-per-child": (
+        "from celery import Celery\n"
+        "app = Celery('tasks', broker='memory://')\n"
+        "app.conf.worker_max_tasks_per_child = 1\n",
+        {},
+        "FORK PER JOB (Celery (worker_max_tasks_per_child = 1)): every task runs in a newly",
+    ),
+    "gunicorn-max-requests": (
+        "",
+        {"gunicorn.conf.py": "workers = 4\nmax_requests = 1000\n"},
+        "NOTE (gunicorn (max_requests = 1000)): each worker is replaced after 1000 requests",
+    ),
+    "uwsgi": (
+        "",
+        {"uwsgi.ini": "[uwsgi]\nmodule = served_app:app\nmaster = true\nprocesses = 4\n"},
+        "NOTE (uWSGI): the master imports the app and forks the workers from it",
+    ),
+    "uwsgi-lazy-apps": (
+        "",
+        {"uwsgi.ini": "[uwsgi]\nmodule = served_app:app\nlazy-apps = true\n"},
+        "NOTE (uWSGI): lazy-apps: each worker imports the app itself",
+    ),
+    "dramatiq": ("import dramatiq\n", {}, "NOTE (dramatiq): each worker process imports"),
+    "huey": ("import huey\n", {}, "NOTE (huey): huey_consumer imports this module"),
+    "fastapi": (
+        "from fastapi import FastAPI\napp = FastAPI()\n",
+        {},
+        "NOTE (FastAPI/Starlette): call the model from a plain def endpoint",
+    ),
+}
+
+
+@pytest.mark.parametrize("server", sorted(SERVED))
+def test_doctor_recognises_the_server_and_gives_its_guides_advice(
+    tmp_path: Any, server: str
+) -> None:
+    """A clean module run by each server or queue: exit 0, its advice and its guide named."""
+    source, files, expected = SERVED[server]
+    (tmp_path / "served_app.py").write_text(source + CLEAN)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    done = forksafe_cli("doctor", "served_app", env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert expected in done.stdout, done.stdout
+    assert "Guide: forksafe's docs, guides/" in done.stdout
+    fork_per_job = "FORK PER JOB" in expected
+    assert ("forksafe warns after 5" in done.stdout) == fork_per_job, done.stdout
+    assert not fork_per_job or "isolation='shared'" in done.stdout
+    assert done.stdout.count("NOTE") + done.stdout.count("FORK PER JOB") == 1, done.stdout
+
+
+def test_doctor_says_nothing_of_servers_for_a_plain_module(tmp_path: Any) -> None:
+    """A module that no server imports or configures: no advice line."""
+    (tmp_path / "plain_tasks.py").write_text(CLEAN)
+    done = forksafe_cli("doctor", "plain_tasks", env={"PYTHONPATH": str(tmp_path)}, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "NOTE" not in done.stdout and "FORK PER JOB" not in done.stdout
