@@ -29,7 +29,7 @@ from benchmarks._common import build_model, marked, stop_session, write_json
 from benchmarks.celery_pools import REDIS, redis_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TEMPLATE_MARK = b"forksafe._host.template import main"
+_TEMPLATE_MARK = b"forksafe._host.host_template import main"
 
 
 def _pss_kb(pid: int) -> int:

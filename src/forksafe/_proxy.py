@@ -161,22 +161,23 @@ class ModelProxy(_Base):
         loader = functools.partial(load_owned, source.load)
         opener: Any
         if in_effect is Isolation.SHARED:
-            from forksafe._host.shared import SharedHost
+            from forksafe._host.client_shared import SharedHost
 
             batching = options.batching
             assert batching is not None  # made with the options of a shared proxy
             # The same in every process: source and batching (not the timeout).
-            identity = _key(Options(source, Isolation.SHARED, 0.0, batching))
-            if identity is None:
+            static = _key(Options(source, Isolation.SHARED, 0.0, batching))
+            if static is None:
                 raise HostError(f"a shared host needs a picklable source: {source.describe()}")
             opener = SharedHost(
                 loader,
-                key=hashlib.sha256(identity).hexdigest()[:32],
+                static=static,
+                paths=source.identity_paths(),
                 describe=source.describe(),
                 options={"max_batch": batching.max_batch, "max_wait_ms": batching.max_wait_ms},
             )
         else:
-            from forksafe._host.tree import TreeHost
+            from forksafe._host.client_private import TreeHost
 
             opener = TreeHost(loader, source.frameworks())
         return RemoteModel(opener, describe=source.describe(), timeout=options.timeout)

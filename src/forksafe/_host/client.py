@@ -1,11 +1,13 @@
-"""The client side of a model host: the connection, ``HostClient`` and ``RemoteModel``.
+"""Client side: ``HostClient`` (connections to one model's host) and ``RemoteModel``.
 
-Where the host comes from is the opener's business (``tree.TreeHost``: a
-host of this client's own, forked from the process tree's template). Calls
-on one host are serialised by a lock; every wait is bounded by the proxy's
-``timeout``; an exchange that is interrupted or fails in any way retires the
-connection (and a host of the client's own), so no answer can reach a later
-call.
+Where the host comes from is the opener's business (``client_private``: a
+host of this client's own, forked from the process tree's template;
+``client_shared``: the one host this user's processes share). An opener
+hands back a connection whose first request is answered: the host's pid and
+what it loaded. Calls on a private host are serialised by a lock; every wait
+is bounded by the proxy's ``timeout``; an exchange that is interrupted or
+fails in any way retires the connection (and a host of the client's own), so
+no answer can reach a later call.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from forksafe._errors import ForkSafeError, HostCrashedError, HostError, HostTimeoutError
-from forksafe._host.transport import SegmentPool, sweep, unpack
-from forksafe._host.wire import checkpoint, decode, encode, raise_envelope
+from forksafe._host.shm import SegmentPool, sweep, unpack
+from forksafe._host.wire import FIRST_RID, checkpoint, decode, encode, raise_envelope
 
 __all__ = ["HostClient", "Opener", "RemoteModel"]
 
@@ -31,14 +33,20 @@ class Opener(Protocol):
 
     owns_host: bool  # the host serves only this client: retiring it stops it
 
-    def open(self, timeout: float) -> tuple[Connection, int]: ...
+    def open(self, timeout: float) -> tuple[Connection, int, dict[str, Any]]:
+        """A connection whose first request is answered: it, the host's pid, what it loaded."""
+        ...
 
-    def first_request(self) -> tuple[Any, ...]: ...
+    def abandon(self, conn: Connection, pid: int) -> None:
+        """Stop using a connection that nobody waits for any more."""
+        ...
 
-    def abandon(self, conn: Connection, pid: int) -> None: ...
+    def release(self) -> None:
+        """This client has no connection left: the next ``open`` may find another host."""
+        ...
 
 
-def _open(opener: Opener, timeout: float) -> tuple[Connection, int]:
+def _open(opener: Opener, timeout: float) -> tuple[Connection, int, dict[str, Any]]:
     """``opener.open`` run off this thread, so no signal handler can cut it short.
 
     Starting a host juggles sockets and descriptors; an exception raised by
@@ -59,7 +67,7 @@ def _open(opener: Opener, timeout: float) -> tuple[Connection, int]:
         with settled:
             done.set()
             if box.get("abandoned") and "result" in box:
-                opener.abandon(*box["result"])
+                opener.abandon(*box["result"][:2])
 
     threading.Thread(target=run, name="forksafe-host-start", daemon=True).start()
     try:
@@ -70,7 +78,7 @@ def _open(opener: Opener, timeout: float) -> tuple[Connection, int]:
         with settled:
             box["abandoned"] = True
             if done.is_set() and "result" in box:
-                opener.abandon(*box["result"])
+                opener.abandon(*box["result"][:2])
         raise
     if "error" in box:
         raise box["error"]
@@ -91,7 +99,7 @@ class _Channel:
         self.conn = conn
         self.host_pid = host_pid
         self.pool = SegmentPool()
-        self.rid = 0
+        self.rid = FIRST_RID  # the opener's first request was this connection's first
         self.finalizer = weakref.finalize(self, _close, conn, self.pool)
 
 
@@ -112,6 +120,7 @@ class HostClient:
         self.lock = threading.Lock()  # a host of our own: one call at a time
         self.idle: list[_Channel] = []
         self.idle_lock = threading.Lock()
+        self.live = 0  # channels open (idle or in a call); guarded by idle_lock
 
     def request(self, message: tuple[Any, ...], *, what: str) -> Any:
         """Send ``message`` to the host (starting one if needed) and return its answer."""
@@ -137,18 +146,22 @@ class HostClient:
         with self.idle_lock:
             return [name for channel in self.idle for name in channel.pool.names()]
 
+    def connect(self) -> None:
+        """Reach the host now (starting and loading it if needed), keeping the connection."""
+        channel = self._idle_or_new()
+        with self.idle_lock:
+            self.idle.append(channel)
+
     def _idle_or_new(self) -> _Channel:
         with self.idle_lock:
             if self.idle:
                 return self.idle.pop()
-        conn, pid = _open(self.opener, self.timeout)
+        conn, pid, meta = _open(self.opener, self.timeout)
         channel = _Channel(conn, pid)
+        with self.idle_lock:
+            self.live += 1
         self.host_pid = pid
-        try:
-            self.meta = self._exchange(channel, self.opener.first_request(), what="load")
-        except BaseException:
-            self._retire(channel, crashed=False)  # a host without a model is of no use
-            raise
+        self.meta = meta
         return channel
 
     def _through(self, channel: _Channel, message: tuple[Any, ...], what: str) -> Any:
@@ -238,6 +251,11 @@ class HostClient:
             self.host_pid = None
         if owned or crashed:
             sweep(pid)
+        with self.idle_lock:
+            self.live -= 1 + len(stale)
+            last = self.live <= 0
+        if last:
+            self.opener.release()
         return pid
 
 
@@ -273,7 +291,7 @@ class RemoteModel:
         object.__setattr__(self, "_client", HostClient(opener, timeout))
         object.__setattr__(self, "_methods", {})
         object.__setattr__(self, "_describe", describe)
-        self._client.request(("ping",), what="start")
+        self._client.connect()
 
     @property
     def host_pid(self) -> int | None:

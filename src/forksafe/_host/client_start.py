@@ -20,21 +20,13 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from forksafe._errors import HostError, HostTimeoutError
+from forksafe._host.wire import command
 
-__all__ = ["PYTHON_VARIABLE", "command", "python", "start_detached"]
+__all__ = ["PYTHON_VARIABLE", "python", "start_detached"]
 
 PYTHON_VARIABLE = "FORKSAFE_PYTHON"
-# ``-I`` ignores PYTHONPATH, so the directory forksafe was imported from is
-# appended (last: it cannot shadow anything) for a forksafe that is not installed.
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_COMMAND = "import sys; sys.path.append({root!r}); from forksafe._host.{module} import main; main()"
 # python, python3, python3.11, python3.13t, pypy3 ...: names an interpreter has.
 _PYTHON_NAME = re.compile(r"(python|pypy)(\d+(\.\d+)?)?[a-z]?")
-
-
-def command(module: str) -> str:
-    """The ``-c`` program that runs ``forksafe._host.<module>.main()``."""
-    return _COMMAND.format(root=_ROOT, module=module)
 
 
 def _executable(path: str | None) -> bool:
