@@ -47,9 +47,14 @@ SECTIONS: dict[str, tuple[str, list[str], list[str]]] = {
         [],
         [*_SMALL_POOLS, "--alone", "0.5", *_SMALL_GRID],
     ),
+    "servers": (
+        "benchmarks.servers",
+        [],
+        ["--jobs", "4", "--requests", "12", "--rounds", "1"],
+    ),
 }
 # Sections whose full run takes longer than the default limit (seconds).
-TIMEOUTS = {"shared": 1800.0, "shared_knobs": 1800.0}
+TIMEOUTS = {"shared": 1800.0, "shared_knobs": 1800.0, "servers": 1800.0}
 
 
 def run_section(name: str, quick: bool, timeout: float) -> dict[str, Any]:

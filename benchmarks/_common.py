@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -177,6 +178,37 @@ def marked(needle: str) -> list[int]:
             continue
         found.append(int(entry))
     return found
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (no process, or a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except OSError:
+        return True
+
+
+def stop_marked(process: subprocess.Popen[bytes], marker: str, wait: float) -> None:
+    """Stop a server's session, then whatever else carries ``marker`` (its shared host).
+
+    The shared host is in a session of its own and would stay for its grace
+    period: it is killed once it has seen its clients go. Shared-memory
+    segments of processes killed before they could unlink them are swept.
+    """
+    everyone = set(marked(marker))
+    stop_session(process, wait)
+    time.sleep(0.5)
+    for pid in marked(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + wait
+    while not all(gone(pid) for pid in everyone) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    from forksafe._host.shm import sweep
+
+    for pid in everyone:
+        sweep(pid)
 
 
 def stop_session(process: subprocess.Popen[bytes], wait: float) -> None:

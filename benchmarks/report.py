@@ -179,6 +179,9 @@ def targets(sections: dict[str, Any]) -> list[dict[str, Any]]:
                 most=False,
             )
         )
+    from benchmarks.servers import targets as servers_targets
+
+    rows += servers_targets(sections.get("servers"))
     jax = sections.get("jax", {}).get("threads", {}).get("8")
     rows.append(
         _target(
@@ -554,6 +557,10 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
         from benchmarks.engines import markdown as engines_markdown
 
         out += engines_markdown(s["engines"])
+    if s.get("servers"):
+        from benchmarks.servers import markdown as servers_markdown
+
+        out += servers_markdown(s["servers"])
     for title, name in plots:
         out += ["", f"## {title}", "", f"![{title}]({name})"]
     return "\n".join(out) + "\n"

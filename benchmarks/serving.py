@@ -14,7 +14,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import marked, stop_session
+from benchmarks._common import stop_marked
 from benchmarks.celery_pools import REDIS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,14 +47,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
 
 
 @contextlib.contextmanager
@@ -90,21 +81,7 @@ def pool(
     try:
         yield Pool(kind, process.pid, target, f"FSB_MARKER={marker}", log)
     finally:
-        everyone = set(marked(f"FSB_MARKER={marker}"))
-        stop_session(process, 30)
-        # The shared host is in a session of its own and would stay for its
-        # grace period: stopped once it has seen its clients go.
-        time.sleep(0.5)
-        for pid in marked(f"FSB_MARKER={marker}"):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while not all(_gone(pid) for pid in everyone) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        from forksafe._host.shm import sweep
-
-        for pid in everyone:  # segments of processes killed before they could unlink them
-            sweep(pid)
+        stop_marked(process, f"FSB_MARKER={marker}", 30)
 
 
 def _post(conn: http.client.HTTPConnection, body: bytes) -> Any:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
 import sys
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.integration.test_celery import REDIS_URL, reachable
@@ -163,3 +165,33 @@ def post_path(port: int, path: str, payload: dict[str, Any]) -> dict[str, Any]:
     )
     with urllib.request.urlopen(req, timeout=120) as response:
         return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def test_rq_worker_example(models: Models, tmp_path: Any) -> None:
+    """RQ, a horse per job: four horses answer through one shared host, right by value."""
+    from tests.models import numpy_forward
+    from tests.support import requires
+    from tests.support.servers import redis_names
+
+    requires.package("rq")
+    url = requires.redis_url()
+    cwd = os.path.join(EXAMPLES, "rq_worker")
+    with redis_names(url, "fs-example-rq") as queue:
+        env = {"REDIS_URL": url, "RQ_QUEUE": queue, "MODEL_PATH": models.keras}
+        with worker_process(["worker"], env, str(tmp_path / "w.log"), "worker ready", cwd=cwd):
+            done = subprocess.run(
+                [sys.executable, "enqueue.py"],
+                capture_output=True,
+                text=True,
+                timeout=360,
+                check=False,
+                cwd=cwd,
+                env={**os.environ, **env},
+            )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = re.findall(r"horse (\d+) host (\d+): (\[\[.*\]\])", done.stdout)
+    assert len(lines) == 4 and len({horse for horse, _, _ in lines}) == 4, done.stdout
+    assert len({host for _, host, _ in lines}) == 1
+    expected = numpy_forward(np.array([[0.1, 0.2, 0.3, 0.4]], "float32"))
+    for _, _, y in lines:
+        np.testing.assert_allclose(np.array(ast.literal_eval(y)), expected, atol=1e-5)
