@@ -10,13 +10,13 @@ import pytest
 from tests.models import Models
 from tests.support import requires
 from tests.support.servers import check_answers, redis_names
-from tests.workers.harness import worker_process
+from tests.workers.harness import runs_tensorflow, worker_process
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.keras_backend("tensorflow")]
 
 
 def run_jobs(
-    models: Models, tmp: Any, jobs: int, *, simple: bool = False, **env: str
+    models: Models, tmp: Any, jobs: int, *, simple: bool = False, gap: float = 0.0, **env: str
 ) -> tuple[list[dict[str, Any]], int, str]:
     """Start the preloading worker, run ``jobs`` predictions; answers, worker pid, its log."""
     requires.package("rq")
@@ -37,18 +37,24 @@ def run_jobs(
         with worker_process(["tests.workers.rq_worker"], environment, log, "ready") as process:
             connection = Redis.from_url(url)
             queue = Queue(name, connection=connection)
-            pending = [
-                queue.enqueue(
+            answers, pending = [], []
+            for index in range(jobs):
+                job = queue.enqueue(
                     "tests.workers.rq_jobs.predict",
                     x.tolist(),
                     job_id=f"{name}-{index}",
                     job_timeout=180,
                     result_ttl=600,
                 )
-                for index in range(jobs)
-            ]
-            answers = [wait_for(job, 300) for job in pending]
+                if gap:  # one job at a time, this long apart
+                    answers.append(wait_for(job, 300))
+                    time.sleep(gap)
+                else:
+                    pending.append(job)
+            answers += [wait_for(job, 300) for job in pending]
+            worker_ran_tensorflow = runs_tensorflow(process.pid)
             connection.close()
+        assert not worker_ran_tensorflow or simple or env.get("FS_PARENT_RUNS_TF")
         with open(log, encoding="utf-8", errors="replace") as f:
             return answers, process.pid, f.read()
 
@@ -110,4 +116,20 @@ def test_shared_host_when_the_worker_ran_tensorflow(models: Models, tmp_path: An
     answers, _, _ = run_jobs(models, tmp_path, 3, FS_PARENT_RUNS_TF="1", FS_ISOLATION="shared")
     _, reference = models.reference()
     check_answers(answers, reference, "shared")
+    assert len({answer["host_pid"] for answer in answers}) == 1
+
+
+def test_worker_holding_a_shared_host_keeps_it_between_sparse_jobs(
+    models: Models, tmp_path: Any
+) -> None:
+    """One call in the worker before work(): jobs further apart than the host's grace share it.
+
+    The worker itself never imports TensorFlow (the host holds the model).
+    """
+    answers, worker, _ = run_jobs(
+        models, tmp_path, 2, gap=13.0, FS_ISOLATION="shared", FS_RQ_HOLD="1"
+    )
+    _, reference = models.reference()
+    per_pid = check_answers(answers, reference, "shared")
+    assert len(per_pid) == 2 and worker not in per_pid
     assert len({answer["host_pid"] for answer in answers}) == 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.workers.served import answer
+from tests.workers.served import MODEL, answer
+
+__all__ = ["MODEL", "predict"]
 
 
 def predict(rows: list[list[float]]) -> dict[str, Any]:
