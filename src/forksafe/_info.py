@@ -38,6 +38,13 @@ class ProxyInfo:
             proxy ``max_batch`` and ``max_wait_ms``) as ``(value, origin)``,
             where origin is ``"argument"``, ``"environment FORKSAFE_..."`` or
             ``"default"``.
+        host: a shared host's own figures, as ``forksafe hosts`` shows them
+            (``pid``, ``source``, ``state``, ``clients``, ``calls``,
+            ``batches``, ``mean_rows_per_batch``, ``queue_wait_p50_ms``,
+            ``queue_wait_p99_ms``, ``uptime_s``, ``pss_kb``, ``log``,
+            ``python``, ``environment`` ...), asked of it with a short
+            bound; ``None`` in-process, for a private host, or when it did
+            not answer.
     """
 
     loaded: bool
@@ -52,6 +59,7 @@ class ProxyInfo:
     generation: int
     host_log: str | None = None
     settings: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
+    host: Mapping[str, Any] | None = None
 
 
 def info(proxy: ModelProxy) -> ProxyInfo:
@@ -82,4 +90,5 @@ def info(proxy: ModelProxy) -> ProxyInfo:
         generation=_forking.generation,
         host_log=meta.get("log"),
         settings=options.settings(),
+        host=remote.host_stats() if remote is not None else None,
     )

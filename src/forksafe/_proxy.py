@@ -179,7 +179,7 @@ class ModelProxy(_Base):
         else:
             from forksafe._host.client_private import TreeHost
 
-            opener = TreeHost(loader, source.frameworks())
+            opener = TreeHost(loader, source.frameworks(), source.describe())
         return RemoteModel(opener, describe=source.describe(), timeout=options.timeout)
 
     def _isolation_now(self) -> Isolation:

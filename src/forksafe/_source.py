@@ -83,7 +83,15 @@ class Source:
         fmt = check_model_path(self.path)
         if fmt == "h5" and self.kwargs.get("safe_mode", True) is not False:
             refuse_unsafe_h5(self.path)
-        return _call(_default_loader(fmt), (self.path,), self.kwargs, what=self.path)
+        try:
+            loader = _default_loader(fmt)
+        except ImportError as exc:  # the framework, or one it needs, is not installed here
+            raise ModelLoadError(
+                f"could not load model from {self.path!r}: its loader's framework does not "
+                f"import here ({type(exc).__name__}: {exc}); install it (for Keras: "
+                "pip install 'forksafe[keras]') or pass loader="
+            ) from exc
+        return _call(loader, (self.path,), self.kwargs, what=self.path)
 
 
 def _code_file(fn: Any) -> str | None:

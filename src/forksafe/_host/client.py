@@ -13,6 +13,7 @@ no answer can reach a later call.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -26,6 +27,8 @@ from forksafe._host.shm import SegmentPool, sweep, unpack
 from forksafe._host.wire import FIRST_RID, checkpoint, decode, encode, raise_envelope
 
 __all__ = ["HostClient", "Opener", "RemoteModel"]
+
+log = logging.getLogger("forksafe.host")
 
 
 class Opener(Protocol):
@@ -158,6 +161,12 @@ class HostClient:
                 return self.idle.pop()
         conn, pid, meta = _open(self.opener, self.timeout)
         channel = _Channel(conn, pid)
+        log.info(
+            "connected to %s model host %s (%s)",
+            "a private" if self.opener.owns_host else "the shared",
+            pid,
+            meta.get("type", "?"),
+        )
         with self.idle_lock:
             self.live += 1
         self.host_pid = pid
@@ -202,6 +211,7 @@ class HostClient:
                 payload = unpack(payload)
         except BlockingIOError:  # a socket bound expired: the host is stuck
             pid = self._retire(channel, crashed=False)
+            log.warning("model host %s did not answer %s within %s s", pid, what, self.timeout)
             raise HostTimeoutError(
                 f"the model host (pid {pid}) did not answer {what} within {self.timeout} s; "
                 + (
@@ -212,6 +222,7 @@ class HostClient:
             ) from None
         except (EOFError, OSError) as exc:
             pid = self._retire(channel, crashed=True)
+            log.warning("model host %s died during %s", pid, what)
             raise HostCrashedError(
                 f"the model host process {pid} died during {what} (killed, out of memory, or "
                 "crashed); the next call starts a new host"
@@ -302,6 +313,11 @@ class RemoteModel:
     def meta(self) -> dict[str, Any]:
         """What the host reported when it loaded the model."""
         return self._client.meta
+
+    def host_stats(self) -> dict[str, Any] | None:
+        """A shared host's own figures (over a short connection), else ``None``."""
+        stats = getattr(self._client.opener, "stats", None)
+        return stats() if callable(stats) else None
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # private and special names stay on this side

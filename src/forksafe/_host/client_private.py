@@ -183,14 +183,15 @@ class TreeHost:
 
     owns_host = True  # retired by killing it: nobody else uses it
 
-    def __init__(self, loader: Callable[[], Any], preload: tuple[str, ...]) -> None:
+    def __init__(self, loader: Callable[[], Any], preload: tuple[str, ...], describe: str) -> None:
         self.loader = loader
         self.preload = preload
+        self.describe = describe
 
     def open(self, timeout: float) -> tuple[Connection, int, dict[str, Any]]:
         """A connection to a new host that has loaded the model, its pid, and what it loaded."""
         try:
-            load = first_request(("load", self.loader))
+            load = first_request(("load", self.loader, self.describe))
         except Exception as exc:
             raise HostError(
                 f"cannot send the loader to a model host: {type(exc).__name__}: {exc}; "

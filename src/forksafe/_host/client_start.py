@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import subprocess
@@ -116,6 +117,8 @@ def start_detached(
         if not reader.poll(timeout):
             raise HostTimeoutError(f"{what} did not start within {timeout} s")
         report: dict[str, Any] = reader.recv()
+        if report.get("bound", True):  # a template that lost a race to a sibling starts nothing
+            logging.getLogger("forksafe.host").info("started %s: pid %s", what, report["pid"])
         return report
     except subprocess.TimeoutExpired:
         raise HostTimeoutError(f"{what} did not start within {timeout} s") from None

@@ -2,7 +2,7 @@
 
 A request is a tuple whose first item names the operation:
 
-- ``("load", loader)``: run ``loader()`` (it returns the model and the TF1
+- ``("load", loader, what)``: run ``loader()`` (it returns the model and the TF1
   graph that owns it, or ``None``); answered with what was loaded (``meta``).
 - ``("call", name, args, kwargs)``: call the model (``name`` None) or its
   method, inside its graph if it has one; answered with the result as plain
@@ -121,5 +121,5 @@ class Answerer:
             setattr(self.model, request[1], request[2])
             return None
         if op == "load":
-            return self.load(request[1])
+            return self.load(request[1], repr(request[2]))
         raise HostError(f"unknown request {op!r}")

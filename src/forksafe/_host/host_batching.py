@@ -149,7 +149,10 @@ class Batcher:
         return call
 
     def stats(self) -> dict[str, Any]:
-        """Calls served, model runs, mean rows per joinable run, queue wait p50/p99 (ms)."""
+        """Model calls served, model runs, mean rows per run, queue wait p50/p99 (ms).
+
+        Attribute reads and writes are queued like calls but not counted.
+        """
         waits = sorted(self.waits)
 
         def percentile(q: float) -> float | None:
@@ -229,7 +232,7 @@ class Batcher:
                 self._run_one(call)
         finally:
             self.running_since = None
-            self.served += len(batch)
+            self.served += sum(call.request[0] == "call" for call in batch)
             for call in batch:
                 call.done.set()
 
