@@ -271,7 +271,9 @@ def _http_figures(records: list[Record], count: int, ref: Any) -> dict[str, Any]
     row: dict[str, Any] = {"requests": count, "answered": len(answers), **_loads(answers, ref)}
     if not answers:
         return row
-    firsts, others, seen = [], [], set()
+    firsts: list[float] = []
+    others: list[float] = []
+    seen: set[int] = set()
     for _, seconds, answer in sorted(records, key=lambda r: r[0]):  # in the order sent
         if answer is None:
             continue
@@ -344,13 +346,15 @@ def targets(section: dict[str, Any] | None) -> list[dict[str, Any]]:
         )
     ]
     for kind in ("uwsgi", "fastapi", "recycling"):
-        runs = {k: v for k, v in s.get(kind, {}).items() if k != "naive"}
+        # forksafe's own variants; the naive app and the bare-model workarounds are baselines.
+        runs = {k: v for k, v in s.get(kind, {}).items() if k in ("default", "shared")}
         missed = sum(r["requests"] - r["answered"] for r in runs.values()) if runs else None
         rows.append(_target(f"{_LABELS[kind]}: requests not answered", missed, 0, "", most=True))
         worst = [r.get("ratio_slowest_to_first_load") for r in runs.values()]
         value = max((w for w in worst if w is not None), default=None) if runs else None
+        # A request queued behind a worker's load takes that load plus its own call.
         rows.append(
-            _target(f"{_LABELS[kind]}: slowest request / slowest first load", value, 1.0, "",
+            _target(f"{_LABELS[kind]}: slowest request / slowest first load", value, 1.05, "",
                     most=True)
         )  # fmt: skip
     return rows
@@ -382,7 +386,7 @@ def markdown(section: dict[str, Any]) -> list[str]:
             row = rq[name]
             out.append(
                 f"| {name} | {row['answered']}/{row['jobs']} | {_cell(row, 'per_job_s', fmt='.2f')}"
-                f" | {row['processes']} | {row['loads_per_process']} | "
+                f" | {row['processes'] or '-'} | {row['loads_per_process'] or '-'} | "
                 f"{', '.join(row['in_effect']) or '-'} |"
             )
     for kind in ("uwsgi", "fastapi", "recycling"):
@@ -404,8 +408,9 @@ def markdown(section: dict[str, Any]) -> list[str]:
             first = row.get("first_load_ms")
             firsts = f"{first['median']:.0f}, {first['max']:.0f}" if first else "-"
             out.append(
-                f"| {name} | {row['answered']}/{row['requests']} | {row['processes']} | "
-                f"{row['loads_per_process']} | {firsts} | {_cell(row, 'p50_ms', fmt='.1f')} | "
+                f"| {name} | {row['answered']}/{row['requests']} | {row['processes'] or '-'} | "
+                f"{row['loads_per_process'] or '-'} | {firsts} | "
+                f"{_cell(row, 'p50_ms', fmt='.1f')} | "
                 f"{_cell(row, 'slowest_other_ms')} | "
                 f"{_cell(row, 'ratio_slowest_to_first_load', fmt='.2f')} |"
             )
