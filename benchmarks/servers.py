@@ -114,23 +114,33 @@ def rq_run(variant: str, path: str, jobs: int, tmp: str, reference: np.ndarray) 
     name = f"fsb-rq-{uuid.uuid4().hex[:10]}"
     env = {"FSB_MODEL": path, "FSB_BROKER": REDIS, "FSB_QUEUE": name}
     env.update(
-        {"naive": {"FSB_NAIVE": "1"}, "shared": {"FSB_ISOLATION": "shared"}}.get(variant, {})
+        {
+            "naive": {"FSB_NAIVE": "1"},
+            "shared": {"FSB_ISOLATION": "shared"},
+            "shared, worker holds the host": {"FSB_ISOLATION": "shared", "FSB_HOLD": "1"},
+            "SimpleWorker": {"FSB_RQ": "simple"},
+        }.get(variant, {})
     )
-    if variant == "SimpleWorker":
-        env["FSB_RQ"] = "simple"
+    job = "noop" if variant == "horse only, no model" else "predict"
+    args = () if job == "noop" else (ROWS.tolist(), False)
     timeout = HANG_S if variant == "naive" else 300
     connection = Redis.from_url(REDIS)
     try:
         argv = [sys.executable, "-m", APP]
-        with server(argv, env, os.path.join(tmp, f"rq-{variant}.log"), "rq worker ready"):
+        log = os.path.join(tmp, f"rq-{variant.replace(' ', '_')}.log")
+        with server(argv, env, log, "rq worker ready"):
             queue = Queue(name, connection=connection)
-            rows = ROWS.tolist()
             pending = [
-                queue.enqueue(f"{APP}.predict", rows, job_id=f"{name}-{i}", job_timeout=timeout)
+                queue.enqueue(f"{APP}.{job}", *args, job_id=f"{name}-{i}", job_timeout=timeout)
                 for i in range(jobs)
             ]
             done = _rq_wait(pending, jobs * timeout + 60)
-        return _rq_figures(done, jobs, reference)
+            # Untimed, after the others: how the model is held in a horse (or the worker).
+            probe = [] if job == "noop" or variant == "naive" else [
+                queue.enqueue(f"{APP}.predict", ROWS.tolist(), job_id=f"{name}-probe")
+            ]  # fmt: skip
+            _rq_wait(probe, timeout + 60)
+        return _rq_figures(done, jobs, reference, probe)
     finally:
         keys = list(connection.scan_iter(match=f"*{name}*", count=1000))
         if keys:
@@ -148,12 +158,22 @@ def _rq_wait(pending: list[Any], timeout: float) -> list[Any]:
     return pending
 
 
-def _rq_figures(jobs: list[Any], count: int, reference: np.ndarray) -> dict[str, Any]:
-    for job in jobs:
+def _rq_figures(
+    jobs: list[Any], count: int, reference: np.ndarray, probe: list[Any]
+) -> dict[str, Any]:
+    for job in [*jobs, *probe]:
         job.refresh()  # its timestamps and result, as the worker left them
     finished = [job for job in jobs if job.get_status() == "finished"]
-    answers = [job.return_value() for job in finished]
-    row: dict[str, Any] = {"jobs": count, "answered": len(answers), **_loads(answers, reference)}
+    answers = [job.return_value() for job in finished if isinstance(job.return_value(), dict)]
+    right = sum(np.allclose(np.asarray(a["y"]), reference, atol=1e-5) for a in answers)
+    described = [job.return_value() for job in probe if job.get_status() == "finished"]
+    row: dict[str, Any] = {
+        "jobs": count,
+        "answered": len(finished),
+        **_loads(described, reference),
+        "right": int(right),
+        "processes": len({a["pid"] for a in answers}),
+    }
     if len(finished) == count:
         start = min(job.enqueued_at for job in jobs)
         end = max(job.ended_at for job in finished)
@@ -176,6 +196,11 @@ def rq_section(path: str, jobs: int, rounds: int, tmp: str, ref: np.ndarray) -> 
     out["SimpleWorker"]["per_job_s_rounds"] = [w["per_job_s"] for _, w in pairs]
     out["ratio_shared_to_simple"] = statistics.median(ratios)
     out["ratios"] = ratios
+    # What the fork per job costs by itself, and the guide's setup (the worker holds the host).
+    out["horse only, no model"] = rq_run("horse only, no model", path, jobs, tmp, ref)
+    out["shared, worker holds the host"] = rq_run(
+        "shared, worker holds the host", path, jobs, tmp, ref
+    )
     return out
 
 
@@ -374,7 +399,10 @@ def markdown(section: dict[str, Any]) -> list[str]:
         out += [
             f"RQ worker that preloads the job module; {rq['jobs']} jobs enqueued at once; wall "
             "time per job from the first enqueue to the last end (naive: 2 jobs, each killed at "
-            f"`job_timeout` = {s['hang_s']:.0f} s). shared / SimpleWorker: "
+            f"`job_timeout` = {s['hang_s']:.0f} s). *Worker holds the host*: the worker made one "
+            "call before working, so the host start and the load are outside the timed span; "
+            "*horse only*: a job that does not use the model (RQ's own fork per job). "
+            "shared / SimpleWorker: "
             f"{rq['ratio_shared_to_simple']:.2f} (median of rounds: "
             + ", ".join(f"{r:.2f}" for r in rq["ratios"])
             + ").",
@@ -382,7 +410,9 @@ def markdown(section: dict[str, Any]) -> list[str]:
             "| variant | answered | per job s | processes | loads per process | ran |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
-        for name in ("naive", "default", "shared", "SimpleWorker"):
+        names = ("naive", "default", "shared", "shared, worker holds the host", "SimpleWorker",
+                 "horse only, no model")  # fmt: skip
+        for name in (n for n in names if n in rq):
             row = rq[name]
             out.append(
                 f"| {name} | {row['answered']}/{row['jobs']} | {_cell(row, 'per_job_s', fmt='.2f')}"
