@@ -50,6 +50,7 @@ def result_of(message: Any, backend: Any, timeout: float) -> dict[str, Any]:
                 raise
 
 
+@pytest.mark.support("dramatiq", "processes with threads")
 def test_worker_processes_load_once_each(models: Models, tmp_path: Any) -> None:
     """Two processes, two threads each: one load per process, never in the main process."""
     answers, main = run_messages(models, tmp_path)
@@ -58,6 +59,7 @@ def test_worker_processes_load_once_each(models: Models, tmp_path: Any) -> None:
     assert len(per_pid) <= 2 and main not in per_pid
 
 
+@pytest.mark.support("dramatiq", "processes with threads", case="app ran TensorFlow at import")
 def test_app_that_runs_tensorflow_at_import(models: Models, tmp_path: Any) -> None:
     """The app runs TensorFlow at import: in each worker process itself, so in-process still.
 
@@ -69,6 +71,7 @@ def test_app_that_runs_tensorflow_at_import(models: Models, tmp_path: Any) -> No
     assert main not in per_pid
 
 
+@pytest.mark.support("dramatiq", "processes with threads", case='isolation="shared"')
 def test_shared_host_for_every_worker_process(models: Models, tmp_path: Any) -> None:
     """isolation='shared': both worker processes answer through one host."""
     answers, _ = run_messages(models, tmp_path, FS_ISOLATION="shared")
@@ -77,6 +80,7 @@ def test_shared_host_for_every_worker_process(models: Models, tmp_path: Any) -> 
     assert len({answer["host_pid"] for answer in answers}) == 1
 
 
+@pytest.mark.support("dramatiq", "processes with threads", start="spawn")
 def test_spawned_worker_processes(models: Models, tmp_path: Any) -> None:
     """--use-spawn: worker processes are fresh interpreters; one load each."""
     answers, main = run_messages(models, tmp_path, "--use-spawn")

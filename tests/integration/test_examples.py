@@ -167,6 +167,7 @@ def post_path(port: int, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         return json.loads(response.read())  # type: ignore[no-any-return]
 
 
+@pytest.mark.support("RQ", "Worker (a horse per job)", case="examples/rq_worker")
 def test_rq_worker_example(models: Models, tmp_path: Any) -> None:
     """RQ, a horse per job: four horses answer through one shared host, right by value."""
     from tests.models import numpy_forward

@@ -41,6 +41,7 @@ def gunicorn(preload: bool) -> list[str]:
     return [*args, "--timeout", "120", *(["--preload"] if preload else []), APP]
 
 
+@pytest.mark.support("FastAPI", "gunicorn uvicorn workers", case="{preload?--preload}")
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
 def test_uvicorn_workers_load_once_each(models: Models, tmp_path: Any, preload: bool) -> None:
     """Async and sync endpoints, two workers: one load per worker, none in the master."""
@@ -50,6 +51,7 @@ def test_uvicorn_workers_load_once_each(models: Models, tmp_path: Any, preload: 
     assert len(per_pid) <= 2 and master not in per_pid
 
 
+@pytest.mark.support("FastAPI", "gunicorn uvicorn workers", case="--preload, master ran TensorFlow")
 def test_preloaded_master_that_ran_tensorflow(models: Models, tmp_path: Any) -> None:
     """--preload, and the app ran TensorFlow at import in the master: workers use hosts."""
     answers, master = serve(models, tmp_path, gunicorn(True), FS_PARENT_RUNS_TF="1")
@@ -59,6 +61,11 @@ def test_preloaded_master_that_ran_tensorflow(models: Models, tmp_path: Any) -> 
     assert len({answer["host_pid"] for answer in answers}) == len(per_pid)
 
 
+@pytest.mark.support(
+    "FastAPI",
+    "gunicorn uvicorn workers",
+    case='--preload, master ran TensorFlow, isolation="shared"',
+)
 def test_preloaded_master_that_ran_tensorflow_shared(models: Models, tmp_path: Any) -> None:
     """Same master, isolation='shared': every worker's requests go to one host."""
     answers, _ = serve(
@@ -69,6 +76,7 @@ def test_preloaded_master_that_ran_tensorflow_shared(models: Models, tmp_path: A
     assert len({answer["host_pid"] for answer in answers}) == 1
 
 
+@pytest.mark.support("FastAPI", "uvicorn --workers", start="spawn")
 def test_uvicorn_own_workers(models: Models, tmp_path: Any) -> None:
     """``uvicorn --workers 2`` (spawned workers): one load per worker."""
     server = ["uvicorn", APP, "--host", "127.0.0.1", "--port", "PORT", "--workers", "2"]

@@ -35,6 +35,7 @@ def run_tasks(
         return answers, process.pid
 
 
+@pytest.mark.support("huey", "-k process")
 def test_process_workers_load_once_each(models: Models, tmp_path: Any) -> None:
     """-k process, untouched consumer: each worker loads once; the consumer never answers."""
     answers, consumer = run_tasks(models, tmp_path, "process")
@@ -43,6 +44,7 @@ def test_process_workers_load_once_each(models: Models, tmp_path: Any) -> None:
     assert len(per_pid) <= 2 and consumer not in per_pid
 
 
+@pytest.mark.support("huey", "-k process", case="consumer ran TensorFlow")
 def test_process_workers_when_the_consumer_ran_tensorflow(models: Models, tmp_path: Any) -> None:
     """-k process, the app ran TensorFlow in the consumer at import: workers use hosts."""
     answers, consumer = run_tasks(models, tmp_path, "process", FS_PARENT_RUNS_TF="1")
@@ -52,6 +54,7 @@ def test_process_workers_when_the_consumer_ran_tensorflow(models: Models, tmp_pa
     assert len({answer["host_pid"] for answer in answers}) == len(per_pid)  # a host per worker
 
 
+@pytest.mark.support("huey", "-k process", case='consumer ran TensorFlow, isolation="shared"')
 def test_process_workers_share_one_host(models: Models, tmp_path: Any) -> None:
     """-k process with isolation='shared', consumer that ran TensorFlow: one host for all."""
     answers, _ = run_tasks(
@@ -62,6 +65,7 @@ def test_process_workers_share_one_host(models: Models, tmp_path: Any) -> None:
     assert len({answer["host_pid"] for answer in answers}) == 1
 
 
+@pytest.mark.support("huey", "-k thread", case="{poisoned?consumer ran TensorFlow}")
 @pytest.mark.parametrize("poisoned", [False, True], ids=["untouched", "ran-tensorflow"])
 def test_thread_workers_load_once_in_the_consumer(
     models: Models, tmp_path: Any, poisoned: bool

@@ -31,6 +31,9 @@ def gunicorn(port: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.support(
+    "gunicorn", "sync workers", case="--max-requests{poisoned?, master ran TensorFlow}"
+)
 @pytest.mark.parametrize("poisoned", [False, True], ids=["untouched", "ran-tensorflow"])
 def test_max_requests_replacements_load_once_each(
     models: Models, tmp_path: Any, poisoned: bool
@@ -49,6 +52,7 @@ def test_max_requests_replacements_load_once_each(
     assert max(per_pid.values()) <= 2  # no worker outlived its two requests
 
 
+@pytest.mark.support("gunicorn", "sync workers", case="HUP")
 def test_hup_replaces_workers_that_load_once_each(models: Models, tmp_path: Any) -> None:
     """HUP: the master starts new workers (its own model still unloaded); they load once."""
     requires.package("gunicorn")
@@ -100,6 +104,7 @@ def celery_per_task(models: Models, tmp: Any, tasks: int, **env: str) -> tuple[l
         return answers, f.read()
 
 
+@pytest.mark.support("Celery", "-P prefork", case="--max-tasks-per-child 1; churn warned once")
 def test_celery_child_per_task_loads_once_each_and_warns_once(
     models: Models, tmp_path: Any
 ) -> None:
@@ -112,6 +117,7 @@ def test_celery_child_per_task_loads_once_each_and_warns_once(
     assert "isolation='shared'" in log
 
 
+@pytest.mark.support("Celery", "-P prefork", case='--max-tasks-per-child 1, isolation="shared"')
 def test_celery_child_per_task_with_a_shared_host(models: Models, tmp_path: Any) -> None:
     """--max-tasks-per-child 1 and isolation='shared': six children, one host, no warning."""
     answers, log = celery_per_task(models, tmp_path, 6, FS_ISOLATION="shared")
@@ -121,6 +127,7 @@ def test_celery_child_per_task_with_a_shared_host(models: Models, tmp_path: Any)
     assert "ForkSafeWarning" not in log
 
 
+@pytest.mark.support("Celery", "-P prefork", case="--max-tasks-per-child 1, master ran TensorFlow")
 def test_celery_child_per_task_when_the_master_ran_tensorflow(
     models: Models, tmp_path: Any
 ) -> None:

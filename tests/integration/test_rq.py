@@ -72,6 +72,7 @@ def wait_for(job: Any, timeout: float) -> dict[str, Any]:
     raise AssertionError(f"job {job.id} not finished within {timeout} s")
 
 
+@pytest.mark.support("RQ", "Worker (a horse per job)", case="preloaded module; churn warned once")
 def test_a_horse_per_job_loads_once_each_and_warns_about_the_churn(
     models: Models, tmp_path: Any
 ) -> None:
@@ -84,6 +85,7 @@ def test_a_horse_per_job_loads_once_each_and_warns_about_the_churn(
     assert "isolation='shared'" in log
 
 
+@pytest.mark.support("RQ", "Worker (a horse per job)", case='isolation="shared"')
 def test_shared_host_serves_every_horse_with_one_load(models: Models, tmp_path: Any) -> None:
     """isolation='shared': six horses, one host (one load); no horse imports TensorFlow."""
     answers, worker, log = run_jobs(models, tmp_path, 6, FS_ISOLATION="shared")
@@ -94,6 +96,7 @@ def test_shared_host_serves_every_horse_with_one_load(models: Models, tmp_path: 
     assert "ForkSafeWarning" not in log  # nothing loaded in a horse
 
 
+@pytest.mark.support("RQ", "SimpleWorker")
 def test_simple_worker_loads_once_in_the_worker(models: Models, tmp_path: Any) -> None:
     """SimpleWorker runs every job in the worker itself: one process, one load."""
     answers, worker, _ = run_jobs(models, tmp_path, 4, simple=True)
@@ -101,6 +104,7 @@ def test_simple_worker_loads_once_in_the_worker(models: Models, tmp_path: Any) -
     assert check_answers(answers, reference, "inprocess") == {worker: 4}
 
 
+@pytest.mark.support("RQ", "Worker (a horse per job)", case="worker ran TensorFlow")
 def test_worker_that_ran_tensorflow_at_import(models: Models, tmp_path: Any) -> None:
     """The preloaded module ran TensorFlow in the worker: each horse answers through a host."""
     answers, worker, _ = run_jobs(models, tmp_path, 3, FS_PARENT_RUNS_TF="1")
@@ -111,6 +115,9 @@ def test_worker_that_ran_tensorflow_at_import(models: Models, tmp_path: Any) -> 
     assert len(hosts) == 3 and not hosts & set(per_pid)  # a host of its own per horse
 
 
+@pytest.mark.support(
+    "RQ", "Worker (a horse per job)", case='worker ran TensorFlow, isolation="shared"'
+)
 def test_shared_host_when_the_worker_ran_tensorflow(models: Models, tmp_path: Any) -> None:
     """Poisoned worker and isolation='shared': every horse answers through one host."""
     answers, _, _ = run_jobs(models, tmp_path, 3, FS_PARENT_RUNS_TF="1", FS_ISOLATION="shared")
@@ -119,6 +126,7 @@ def test_shared_host_when_the_worker_ran_tensorflow(models: Models, tmp_path: An
     assert len({answer["host_pid"] for answer in answers}) == 1
 
 
+@pytest.mark.support("RQ", "Worker (a horse per job)", case="the worker holds the shared host")
 def test_worker_holding_a_shared_host_keeps_it_between_sparse_jobs(
     models: Models, tmp_path: Any
 ) -> None:

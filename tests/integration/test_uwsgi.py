@@ -59,6 +59,7 @@ def serve(
     [(), ("--enable-threads",), ("--py-call-osafterfork", "--enable-threads")],
     ids=["default", "enable-threads", "py-call-osafterfork"],
 )
+@pytest.mark.support("uWSGI", "preforking", case="enable-threads and py-call-osafterfork off or on")
 def test_preforked_workers_load_once_each(
     models: Models, tmp_path: Any, options: tuple[str, ...]
 ) -> None:
@@ -69,6 +70,7 @@ def test_preforked_workers_load_once_each(
     assert len(per_pid) <= 2 and master not in per_pid
 
 
+@pytest.mark.support("uWSGI", "lazy-apps", case="{poisoned?app ran TensorFlow}")
 @pytest.mark.parametrize("poisoned", [False, True], ids=["untouched", "ran-tensorflow"])
 def test_lazy_apps_workers_load_once_each(models: Models, tmp_path: Any, poisoned: bool) -> None:
     """--lazy-apps: each worker imports the app itself, so even TensorFlow at import is its own."""
@@ -79,6 +81,7 @@ def test_lazy_apps_workers_load_once_each(models: Models, tmp_path: Any, poisone
     assert len(per_pid) <= 2 and master not in per_pid
 
 
+@pytest.mark.support("uWSGI", "preforking", case="master ran TensorFlow, isolation={isolation}")
 @pytest.mark.parametrize("isolation", ["auto", "process"])
 def test_master_that_ran_tensorflow_answers_through_hosts(
     models: Models, tmp_path: Any, isolation: str
@@ -92,6 +95,7 @@ def test_master_that_ran_tensorflow_answers_through_hosts(
     assert master not in per_pid
 
 
+@pytest.mark.support("uWSGI", "preforking", case='master ran TensorFlow, isolation="shared"')
 def test_master_that_ran_tensorflow_shares_one_host(models: Models, tmp_path: Any) -> None:
     """Same master, isolation='shared': both workers answer through one host."""
     answers, _ = serve(
@@ -102,6 +106,7 @@ def test_master_that_ran_tensorflow_shares_one_host(models: Models, tmp_path: An
     assert len({answer["host_pid"] for answer in answers}) == 1
 
 
+@pytest.mark.support("uWSGI", "preforking", case='isolation="shared"')
 def test_shared_host_for_an_untouched_master(models: Models, tmp_path: Any) -> None:
     """isolation='shared' with an untouched master: both workers answer through one host."""
     answers, _ = serve(models, tmp_path, "--enable-threads", FS_ISOLATION="shared")
