@@ -53,6 +53,7 @@ def run_section(name: str, quick: bool, timeout: float) -> dict[str, Any]:
             result: dict[str, Any] = json.load(f)
     result["wall_s"] = time.monotonic() - start
     result["machine"] = report.machine()
+    result["versions"] = report.versions()
     return result
 
 
@@ -120,12 +121,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"== {section.name}", flush=True)
             timeout = args.timeout or section.timeout_s
             sections[section.name] = run_section(section.name, args.quick, timeout)
-    here = report.machine()
-    for data in sections.values():  # results from before sections recorded their machine
+    here, installed = report.machine(), report.versions()
+    for data in sections.values():  # results from before sections recorded their own
         data.setdefault("machine", previous.get("machine", here))
+        data.setdefault("versions", previous.get("versions", installed))
     results = {
         "machine": here,
-        "versions": report.versions(),
+        # A merge keeps the versions the kept sections were measured with; the line
+        # in RESULTS.md names each section that differs from them.
+        "versions": previous.get("versions", installed),
         "quick": args.quick,
         "wall_s": sum(data["wall_s"] for data in sections.values())
         if args.merge

@@ -21,6 +21,7 @@ PACKAGES = (
     "keras",
     "tf-keras",
     "jax",
+    "torch",
     "numpy",
     "wrapt",
     "celery",
@@ -113,6 +114,17 @@ def _machines(latest: dict[str, Any], sections: dict[str, Any]) -> str:
     )
 
 
+def _versions(base: dict[str, str], sections: dict[str, Any]) -> str:
+    """The versions, and (after ``--merge``) what differed for the sections measured apart."""
+    line = "Versions: " + ", ".join(f"{k} {val}" for k, val in base.items())
+    for name, section in sections.items():
+        own = section.get("versions", base)
+        changed = [f"{k} {val}" for k, val in own.items() if base.get(k) != val]
+        if changed:
+            line += f"; for {name}: " + ", ".join(changed)
+    return line + "."
+
+
 def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
     """RESULTS.md: machine, targets, then every section's tables and the plots."""
     m, v, s = results["machine"], results["versions"], results["sections"]
@@ -125,7 +137,7 @@ def markdown(results: dict[str, Any], plots: list[tuple[str, str]]) -> str:
         " against its baseline in the same run; cells read *median (min-max)* over rounds.",
         "",
         _machines(m, s),
-        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
+        _versions(v, s),
         "",
         "## Targets",
         "",

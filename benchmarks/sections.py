@@ -58,6 +58,7 @@ SECTIONS = (
     ),
     Section("scaling", "benchmarks.scaling", ("--rounds", "2")),
     Section("jax", "benchmarks.jax_threads", ("--rounds", "1", "--calls", "10")),
+    Section("torch_fork", "benchmarks.torch_fork", ("--calls", "5")),
     Section("engines", "benchmarks.engines", ("--batches", "4")),
 )
 
