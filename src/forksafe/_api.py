@@ -21,14 +21,18 @@ def _check_options(
     isolation: Any, timeout: Any, max_batch: Any, max_wait_ms: Any
 ) -> tuple[str, float, tuple[int, float] | None]:
     if not isinstance(isolation, str) or isolation not in ISOLATIONS:
-        raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+        raise ValueError(
+            f"isolation must be one of {ISOLATIONS}, got {isolation!r} "
+            "(see 'Which isolation?' in forksafe's documentation)"
+        )
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     if isolation != "shared":
         if max_batch is not None or max_wait_ms is not None:
             raise ValueError(
                 "max_batch and max_wait_ms set a shared host's batching: they need "
-                f"isolation='shared' (got isolation={isolation!r})"
+                f"isolation='shared' (got isolation={isolation!r}; see 'Which isolation?' in "
+                "forksafe's documentation)"
             )
         return isolation, float(timeout), None
     batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
