@@ -30,7 +30,7 @@ from benchmarks._render import emit, skipped, target
 from benchmarks.celery_pools import REDIS, redis_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_TEMPLATE_MARK = b"forksafe._host.template import main"
+_TEMPLATE_MARK = b"forksafe._host.host_template import main"
 
 
 def _pss_kb(pid: int) -> int:

@@ -101,7 +101,7 @@ def pool(
         deadline = time.monotonic() + 30
         while not all(_gone(pid) for pid in everyone) and time.monotonic() < deadline:
             time.sleep(0.05)
-        from forksafe._host.transport import sweep
+        from forksafe._host.shm import sweep
 
         for pid in everyone:  # segments of processes killed before they could unlink them
             sweep(pid)

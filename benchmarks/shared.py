@@ -154,7 +154,7 @@ def forget_hosts(directory: str) -> None:
     one that was killed its socket and lock too; the next host of the same
     source and options would reuse them.)
     """
-    from forksafe._host.shared import runtime_dir
+    from forksafe._host.runtime_dir import runtime_dir
 
     runtime = runtime_dir()
     for name in os.listdir(runtime):

@@ -82,7 +82,7 @@ def _shared_host_logs_removed() -> Iterator[None]:
 
     Their sockets and locks go with the hosts themselves (tests/integration/test_shared.py).
     """
-    from forksafe._host.shared import runtime_dir
+    from forksafe._host.runtime_dir import runtime_dir
 
     before = set(os.listdir(runtime_dir()))
     yield

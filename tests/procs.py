@@ -25,7 +25,7 @@ __all__ = [
     "wait_gone",
 ]
 
-_TEMPLATE_MARK = b"forksafe._host.template import main"
+_TEMPLATE_MARK = b"forksafe._host.host_template import main"
 
 
 def _stat(pid: int) -> list[str] | None:

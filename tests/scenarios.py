@@ -175,7 +175,7 @@ def fork_while_keras_loads(models: Models) -> dict[str, Any]:
     loader = threading.Thread(target=lambda: proxy.predict_on_batch(x), daemon=True)
     loader.start()
     deadline = time.monotonic() + 10
-    while proxy._self_loading is None and proxy._self_model is None and time.monotonic() < deadline:
+    while proxy._self_loading is None and proxy._self_held is None and time.monotonic() < deadline:
         time.sleep(0.001)
     outcome = fork_call(use_in_child, proxy, x, timeout=CHILD_TIMEOUT)
     loader.join(CHILD_TIMEOUT)
@@ -235,7 +235,7 @@ def graph_mode(models: Models, user_session: bool) -> dict[str, Any]:
         "main": main_y,
         "thread": results,
         "info": info,
-        "owned_by_user": session is not None and proxy._self_owner.session is session,
+        "owned_by_user": session is not None and proxy._self_held.owner.session is session,
     }
 
 

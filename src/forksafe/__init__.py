@@ -20,6 +20,7 @@ from forksafe._errors import (
 )
 from forksafe._info import ProxyInfo, info
 from forksafe._inject import inject
+from forksafe._options import Isolation
 from forksafe._proxy import ModelProxy
 from forksafe._runtime import BackendState, RuntimeState, runtime_state
 from forksafe._version import __version__
@@ -32,6 +33,7 @@ __all__ = [
     "HostError",
     "HostTimeoutError",
     "InheritedRuntimeError",
+    "Isolation",
     "ModelLoadError",
     "ModelProxy",
     "ProxyInfo",

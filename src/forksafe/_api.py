@@ -6,50 +6,19 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from forksafe._proxy import DEFAULT_TIMEOUT, ModelProxy
+from forksafe._options import Isolation, make_options
+from forksafe._proxy import ModelProxy
 from forksafe._source import Source
 
-__all__ = ["ISOLATIONS", "lazy_model", "load_model"]
-
-ISOLATIONS = ("auto", "inprocess", "process", "shared")
-# A shared host's batching, unless asked otherwise (benchmarks/RESULTS.md).
-DEFAULT_MAX_BATCH = 64
-DEFAULT_MAX_WAIT_MS = 5.0
-
-
-def _check_options(
-    isolation: Any, timeout: Any, max_batch: Any, max_wait_ms: Any
-) -> tuple[str, float, tuple[int, float] | None]:
-    if not isinstance(isolation, str) or isolation not in ISOLATIONS:
-        raise ValueError(
-            f"isolation must be one of {ISOLATIONS}, got {isolation!r} "
-            "(see 'Which isolation?' in forksafe's documentation)"
-        )
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
-        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-    if isolation != "shared":
-        if max_batch is not None or max_wait_ms is not None:
-            raise ValueError(
-                "max_batch and max_wait_ms set a shared host's batching: they need "
-                f"isolation='shared' (got isolation={isolation!r}; see 'Which isolation?' in "
-                "forksafe's documentation)"
-            )
-        return isolation, float(timeout), None
-    batch = DEFAULT_MAX_BATCH if max_batch is None else max_batch
-    wait = DEFAULT_MAX_WAIT_MS if max_wait_ms is None else max_wait_ms
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"max_batch must be a whole number of rows, 1 or more, got {batch!r}")
-    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 1000:
-        raise ValueError(f"max_wait_ms must be between 0 and 1000 milliseconds, got {wait!r}")
-    return isolation, float(timeout), (batch, float(wait))
+__all__ = ["lazy_model", "load_model"]
 
 
 def load_model(
     source: str | os.PathLike[str],
     *,
     loader: Callable[..., Any] | None = None,
-    isolation: str = "auto",
-    timeout: float = DEFAULT_TIMEOUT,
+    isolation: str | Isolation | None = None,
+    timeout: float | None = None,
     max_batch: int | None = None,
     max_wait_ms: float | None = None,
     **load_kwargs: Any,
@@ -86,18 +55,20 @@ def load_model(
             there, else in a host process, with a
             [`ForkSafeWarning`][forksafe.ForkSafeWarning] (once per process)
             saying why. ``"shared"``: in one host process that every process
-            of this user with the same source and options shares (all the
-            workers of a pool, and unrelated processes too), which joins
-            concurrent calls into batches; see the guide "One model for many
-            workers".
+            of this user with the same model, options and environment shares
+            (all the workers of a pool, and unrelated processes too), which
+            joins concurrent calls into batches; see the guide "One model for
+            many workers". Not given: ``FORKSAFE_ISOLATION``, else ``"auto"``.
         timeout: seconds that any one wait on a host may take (starting it,
             loading, each call; default 120); on expiry the host is stopped
             and [`HostTimeoutError`][forksafe.HostTimeoutError] raised.
-            Unused in-process.
+            Unused in-process. Not given: ``FORKSAFE_TIMEOUT``, else 120.
         max_batch: with ``isolation="shared"``: the most rows one joined
-            call may hold (default 64; 1 turns batching off).
+            call may hold (not given: ``FORKSAFE_MAX_BATCH``, else 64; 1
+            turns batching off).
         max_wait_ms: with ``isolation="shared"``: how long a call may wait
-            for others to join it (default 5 ms).
+            for others to join it (not given: ``FORKSAFE_MAX_WAIT_MS``, else
+            5 ms).
         **load_kwargs: passed to the loader (``custom_objects``, ``compile``,
             ``safe_mode`` ...; Keras' ``safe_mode`` stays on by default).
 
@@ -105,7 +76,9 @@ def load_model(
         TypeError: ``source`` is not a path, or ``loader`` is not callable.
         ValueError: ``source`` is empty, ``isolation`` is unknown,
             ``timeout`` is not a positive number, or the batching options
-            are out of range or given without ``isolation="shared"``.
+            are out of range or given without ``isolation="shared"``; or a
+            ``FORKSAFE_*`` environment variable holds an invalid value (the
+            message names it).
     """
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
@@ -120,16 +93,15 @@ def load_model(
         raise ValueError("source is an empty path")
     if loader is not None and not callable(loader):
         raise TypeError(f"loader must be callable, got {type(loader).__name__}")
-    iso, seconds, batching = _check_options(isolation, timeout, max_batch, max_wait_ms)
     source_ = Source(path=os.path.abspath(path), loader=loader, kwargs=load_kwargs)
-    return ModelProxy(source_, iso, seconds, batching)
+    return ModelProxy(make_options(source_, isolation, timeout, max_batch, max_wait_ms))
 
 
 def lazy_model(
     factory: Callable[..., Any],
     *args: Any,
-    isolation: str = "auto",
-    timeout: float = DEFAULT_TIMEOUT,
+    isolation: str | Isolation | None = None,
+    timeout: float | None = None,
     max_batch: int | None = None,
     max_wait_ms: float | None = None,
     **kwargs: Any,
@@ -144,8 +116,9 @@ def lazy_model(
 
     Raises:
         TypeError: ``factory`` is not callable.
+        ValueError: as for [`load_model`][forksafe.load_model].
     """
     if not callable(factory):
         raise TypeError(f"factory must be callable, got {type(factory).__name__}")
-    iso, seconds, batching = _check_options(isolation, timeout, max_batch, max_wait_ms)
-    return ModelProxy(Source(factory=factory, args=args, kwargs=kwargs), iso, seconds, batching)
+    source = Source(factory=factory, args=args, kwargs=kwargs)
+    return ModelProxy(make_options(source, isolation, timeout, max_batch, max_wait_ms))

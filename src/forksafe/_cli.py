@@ -1,4 +1,4 @@
-"""The forksafe command: demo (the original Celery report, live) and doctor MODULE."""
+"""The forksafe command: demo (the original Celery report, live), doctor MODULE, hosts."""
 
 from __future__ import annotations
 
@@ -315,9 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("doctor", help="does importing MODULE break forked workers?")
     check.add_argument("target", metavar="MODULE[:ATTR]")
     check.add_argument("--timeout", type=float, default=120.0)
+    hosts = commands.add_parser("hosts", help="list this user's shared model hosts, or stop them")
+    hosts.add_argument("action", nargs="?", choices=["stop"], help="stop the hosts named")
+    hosts.add_argument("pids", nargs="*", type=int, metavar="PID")
+    hosts.add_argument("--all", action="store_true", help="with stop: every shared host")
+    hosts.add_argument("--json", action="store_true", help="the figures as JSON")
     args = parser.parse_args(argv)
     if args.command == "doctor":
         return doctor(args.target, args.timeout)
+    if args.command == "hosts":
+        from forksafe import _hosts
+
+        return _hosts.main(args.action, args.pids, args.all, args.json)
     if args.workers < 1 or args.tasks < 1:
         parser.error("--workers and --tasks must be at least 1")
     return demo(args.broker, args.workers, args.tasks, args.naive, args.timeout)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from forksafe import _forking
 from forksafe._frameworks import backend_of
@@ -32,6 +34,17 @@ class ProxyInfo:
         source: the path, or the factory's name.
         generation: how many forks lie between this process and the
             process that imported forksafe first.
+        settings: each setting (``isolation``, ``timeout``, and for a shared
+            proxy ``max_batch`` and ``max_wait_ms``) as ``(value, origin)``,
+            where origin is ``"argument"``, ``"environment FORKSAFE_..."`` or
+            ``"default"``.
+        host: a shared host's own figures, as ``forksafe hosts`` shows them
+            (``pid``, ``source``, ``state``, ``clients``, ``calls``,
+            ``batches``, ``mean_rows_per_batch``, ``queue_wait_p50_ms``,
+            ``queue_wait_p99_ms``, ``uptime_s``, ``pss_kb``, ``log``,
+            ``python``, ``environment`` ...), asked of it with a short
+            bound; ``None`` in-process, for a private host, or when it did
+            not answer.
     """
 
     loaded: bool
@@ -45,6 +58,8 @@ class ProxyInfo:
     source: str
     generation: int
     host_log: str | None = None
+    settings: Mapping[str, tuple[Any, str]] = field(default_factory=dict)
+    host: Mapping[str, Any] | None = None
 
 
 def info(proxy: ModelProxy) -> ProxyInfo:
@@ -52,19 +67,28 @@ def info(proxy: ModelProxy) -> ProxyInfo:
     if not isinstance(proxy, ModelProxy):
         raise TypeError(f"info() takes a forksafe.ModelProxy, got {type(proxy).__name__}")
     # Read the proxy's own state directly: ``proxy.x`` could forward and load.
-    model = proxy._self_model
-    hosted = proxy._self_in_effect in ("process", "shared")
-    meta = model.meta if hosted else {}
+    options = proxy._self_options
+    held = proxy._self_held
+    remote = held.model if held is not None and held.in_effect.hosted else None
+    meta = remote.meta if remote is not None else {}
+    if remote is not None:
+        backend, graph_mode = meta.get("backend"), bool(meta.get("graph_mode"))
+    elif held is not None:
+        backend, graph_mode = backend_of(held.model), held.owner is not None
+    else:
+        backend, graph_mode = None, False
     return ProxyInfo(
-        loaded=model is not None,
-        loads=proxy._self_loads,
-        owner_pid=proxy._self_owner_pid if model is not None else None,
-        backend=meta.get("backend") if hosted else backend_of(model) if model is not None else None,
-        graph_mode=bool(meta.get("graph_mode")) if hosted else proxy._self_owner is not None,
-        isolation=proxy._self_isolation,
-        in_effect=proxy._self_in_effect,
-        host_pid=model.host_pid if hosted else None,
-        source=proxy._self_source.describe(),
+        loaded=held is not None,
+        loads=int(held is not None),
+        owner_pid=held.pid if held is not None else None,
+        backend=backend,
+        graph_mode=graph_mode,
+        isolation=options.isolation.value,
+        in_effect=held.in_effect.value if held is not None else None,
+        host_pid=remote.host_pid if remote is not None else None,
+        source=options.source.describe(),
         generation=_forking.generation,
         host_log=meta.get("log"),
+        settings=options.settings(),
+        host=remote.host_stats() if remote is not None else None,
     )

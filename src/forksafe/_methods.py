@@ -30,21 +30,22 @@ else:
 class ProxyMethod(_Base):
     """A method of a proxy's model, bound to the process it was taken in."""
 
-    # One attribute (proxy, name, owner, generation): each ``_self_`` write
+    # One attribute (proxy, name, held, generation): each ``_self_`` write
     # through wrapt costs about 100 ns, and one of these is made per access.
     _self_of: tuple[Any, str, Any, int] = (None, "", None, -1)
 
-    def __init__(self, method: Any, proxy: Any, name: str, owner: Any) -> None:
+    def __init__(self, method: Any, proxy: Any, name: str, held: Any) -> None:
         super().__init__(method)
-        self._self_of = (proxy, name, owner, _forking.generation)
+        self._self_of = (proxy, name, held, _forking.generation)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        proxy, name, owner, generation = self._self_of
+        proxy, name, held, generation = self._self_of
         if generation != _forking.generation:  # taken before a fork
             return getattr(proxy, name)(*args, **kwargs)
-        # The lock of the proxy's model now (see _serial), never one captured
-        # earlier: that one may have crossed a fork held.
-        lock = proxy._self_call_lock
+        # In the generation it was taken in, what the proxy held then is what
+        # it holds now (a record is only replaced after a fork).
+        owner = held.owner
+        lock = held.call_lock
         if lock is None:
             if owner is None:
                 return self.__wrapped__(*args, **kwargs)

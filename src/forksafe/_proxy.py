@@ -1,4 +1,10 @@
-"""``ModelProxy``: a lazy, per-process model behind a ``wrapt`` object proxy."""
+"""``ModelProxy``: a lazy, per-process model behind a ``wrapt`` object proxy.
+
+A proxy's state is two records: its ``Options`` (immutable; what it pickles
+as) and the ``Held`` record of what this process holds (the model or its
+host connection, the graph that owns it, the pid, the isolation in effect,
+the call lock), replaced whole when the model loads and dropped after a fork.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import MethodType
 from typing import TYPE_CHECKING, Any
 
@@ -21,18 +28,46 @@ from forksafe import _forking, _frameworks, _runtime, _scopes
 from forksafe._errors import ForkSafeError, ForkSafeWarning, HostError, InheritedRuntimeError
 from forksafe._graph import GraphOwner, load_owned
 from forksafe._methods import ProxyMethod
+from forksafe._options import Isolation, Options
 from forksafe._serial import call_lock
-from forksafe._source import Source
 
-__all__ = ["DEFAULT_TIMEOUT", "ModelProxy"]
+__all__ = ["Held", "ModelProxy"]
 
-DEFAULT_TIMEOUT = 120.0
 _warned_pid = 0  # the ForkSafeWarning about going out of process: once per process
 
 if TYPE_CHECKING:
     _Base = wrapt.BaseObjectProxy[Any]
 else:
     _Base = wrapt.BaseObjectProxy
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What this process holds for one proxy; replaced whole, never changed.
+
+    Attributes:
+        model: the model, or the ``RemoteModel`` that stands in for it.
+        owner: the TF1 graph and session that own the model, if any.
+        pid: the process that loaded it.
+        in_effect: where it runs: ``INPROCESS``, ``PROCESS`` or ``SHARED``.
+        call_lock: held around calls, for backends that need one (``_serial``).
+        wraps_callables: callables taken from the model need a ``ProxyMethod``
+            (graph re-entry, the call lock, or a host connection to follow).
+    """
+
+    model: Any
+    owner: GraphOwner | None
+    pid: int
+    in_effect: Isolation
+    call_lock: threading.RLock | None
+    wraps_callables: bool
+
+    @classmethod
+    def of(cls, model: Any, owner: GraphOwner | None, in_effect: Isolation) -> Held:
+        """The record for ``model`` just loaded (or reached) in this process."""
+        lock = call_lock(model) if in_effect is Isolation.INPROCESS else None
+        wraps = owner is not None or lock is not None or in_effect.hosted
+        return cls(model, owner, os.getpid(), in_effect, lock, wraps)
 
 
 class ModelProxy(_Base):
@@ -59,119 +94,103 @@ class ModelProxy(_Base):
 
     # Class-level defaults: reading proxy state never falls through to
     # ``__getattr__``, so it can never recurse or load.
-    _self_model: Any = None
-    _self_owner: GraphOwner | None = None
-    _self_owner_pid: int = 0
-    _self_loads: int = 0
+    _self_held: Held | None = None
     _self_loading: int | None = None
-    _self_isolation: str = "auto"
-    _self_in_effect: str | None = None
-    _self_timeout: float = DEFAULT_TIMEOUT
-    _self_call_lock: threading.RLock | None = None  # only for backends that need one
-    _self_batching: tuple[int, float] | None = None  # (max_batch, max_wait_ms) when shared
     _self_token: str | None = None  # Dask's token, for a source that cannot be pickled
 
-    def __init__(
-        self,
-        source: Source,
-        isolation: str = "auto",
-        timeout: float = DEFAULT_TIMEOUT,
-        batching: tuple[int, float] | None = None,
-    ) -> None:
+    def __init__(self, options: Options) -> None:
         # ``None`` with ``__wrapped_factory__`` defined keeps wrapt's C pointer
         # empty, so wrapt's own forwarding paths call ``__wrapped_get__``.
         super().__init__(None)
-        self._self_source = source
-        self._self_isolation = isolation
-        self._self_timeout = timeout
-        self._self_batching = batching
+        self._self_options = options
         self._self_lock = threading.RLock()
         _forking.register(self)
 
     # -- loading ------------------------------------------------------------
 
     def __wrapped_factory__(self) -> Any:
-        return self._self_resolve()
+        return self._self_resolve().model
 
     def __wrapped_get__(self) -> Any:
-        return self._self_resolve()
+        return self._self_resolve().model
 
     def __wrapped_setattr_fixups__(self) -> None:
         # wrapt looks this hook up when ``__wrapped__`` is set; defining it
         # keeps that lookup away from ``__getattr__`` (which would load).
         return None
 
-    def _self_resolve(self) -> Any:
-        """The model of this process, loading it if needed (the slow path)."""
+    def _self_resolve(self) -> Held:
+        """What this process holds, loading the model if needed (the slow path)."""
         _forking.check_pid()
+        options = self._self_options
         # Before the lock: a load may run on a thread of its own (see
         # _scopes), which would wait forever for the lock its caller holds.
         if self._self_loading == _scopes.caller_thread():
             raise ForkSafeError(
-                f"the model {self._self_source.describe()!r} was used while it was being "
+                f"the model {options.source.describe()!r} was used while it was being "
                 "loaded, by the loader or factory itself; it must not use its own proxy"
             )
         with self._self_lock:
-            model = self._self_model
-            if model is not None:
-                return model
+            held = self._self_held
+            if held is not None:
+                return held
             _forking.report_failures()
             in_effect = self._isolation_now()
             self._self_loading = threading.get_ident()
             try:
-                if in_effect in ("process", "shared"):
+                if in_effect.hosted:
                     model, owner = self._self_remote(in_effect), None
                 else:
-                    model, owner = load_owned(self._self_source.load)
+                    model, owner = load_owned(options.source.load)
                     _runtime.note_loaded()
             finally:
                 self._self_loading = None
-            self._self_in_effect = in_effect
-            self._self_owner = owner
-            self._self_call_lock = call_lock(model) if in_effect == "inprocess" else None
-            self._self_owner_pid = os.getpid()
-            self._self_loads += 1
+            held = Held.of(model, owner, in_effect)
             # Published last: the lock-free fast path reads only this.
-            self._self_model = model
+            self._self_held = held
             self.__wrapped__ = model
-            return model
+            return held
 
-    def _self_remote(self, in_effect: str) -> Any:
+    def _self_remote(self, in_effect: Isolation) -> Any:
         """A stand-in for the model in a host: one of its own, or the user's shared one."""
         from forksafe._host.client import RemoteModel
 
-        source = self._self_source
+        options = self._self_options
+        source = options.source
         loader = functools.partial(load_owned, source.load)
         opener: Any
-        if in_effect == "shared":
-            from forksafe._host.shared import SharedHost
+        if in_effect is Isolation.SHARED:
+            from forksafe._host.client_shared import SharedHost
 
-            max_batch, max_wait_ms = self._self_batching or (1, 0.0)
+            batching = options.batching
+            assert batching is not None  # made with the options of a shared proxy
             # The same in every process: source and batching (not the timeout).
-            identity = _key(source, "shared", 0.0, self._self_batching)
-            if identity is None:
+            static = _key(Options(source, Isolation.SHARED, 0.0, batching))
+            if static is None:
                 raise HostError(f"a shared host needs a picklable source: {source.describe()}")
             opener = SharedHost(
                 loader,
-                key=hashlib.sha256(identity).hexdigest()[:32],
+                static=static,
+                paths=source.identity_paths(),
                 describe=source.describe(),
-                options={"max_batch": max_batch, "max_wait_ms": max_wait_ms},
+                options={"max_batch": batching.max_batch, "max_wait_ms": batching.max_wait_ms},
             )
         else:
-            from forksafe._host.tree import TreeHost
+            from forksafe._host.client_private import TreeHost
 
-            opener = TreeHost(loader, source.frameworks())
-        return RemoteModel(opener, describe=source.describe(), timeout=self._self_timeout)
+            opener = TreeHost(loader, source.frameworks(), source.describe())
+        return RemoteModel(opener, describe=source.describe(), timeout=options.timeout)
 
-    def _isolation_now(self) -> str:
-        """Where the model must run here: ``"inprocess"``, ``"process"`` or ``"shared"``."""
-        if self._self_isolation in ("process", "shared"):
-            return self._self_isolation
+    def _isolation_now(self) -> Isolation:
+        """Where the model must run here: ``INPROCESS``, ``PROCESS`` or ``SHARED``."""
+        options = self._self_options
+        if options.isolation.hosted:
+            return options.isolation
         blocked = _runtime.inherited()
         if not blocked:
-            return "inprocess"
-        what = self._self_source.describe()
-        if self._self_isolation == "inprocess":
+            return Isolation.INPROCESS
+        what = options.source.describe()
+        if options.isolation is Isolation.INPROCESS:
             raise InheritedRuntimeError(_runtime.explain_inherited(blocked, what=what))
         global _warned_pid
         if _warned_pid != os.getpid():
@@ -179,104 +198,80 @@ class ModelProxy(_Base):
             warnings.warn(
                 _runtime.explain_hosted(blocked, what=what), ForkSafeWarning, stacklevel=4
             )
-        return "process"
+        return Isolation.PROCESS
 
     def _self_describe(self) -> str:
-        return self._self_source.describe()
+        return self._self_options.source.describe()
 
     def _self_after_fork(self, keep: list[Any]) -> None:
         """Fork-child hook: forget the parent's model; no framework code, no I/O."""
-        if self._self_model is not None:
-            keep.append((self._self_model, self._self_owner))
+        if self._self_held is not None:
+            keep.append(self._self_held)
         # wrapt's own setattr, skipping ours: this runs for every proxy in every fork.
         reset = _Base.__setattr__
-        reset(self, "_self_model", None)
-        reset(self, "_self_owner", None)
-        reset(self, "_self_owner_pid", 0)
-        reset(self, "_self_loads", 0)
+        reset(self, "_self_held", None)
         reset(self, "_self_loading", None)
-        reset(self, "_self_in_effect", None)
-        reset(self, "_self_call_lock", None)
         reset(self, "_self_lock", threading.RLock())
 
     # -- forwarding (the hot path) -----------------------------------------
 
     def __getattr__(self, name: str) -> Any:
-        model = self._self_model
-        if model is None:
+        held = self._self_held
+        if held is None:
             # A dunder name the proxy lacks is a protocol probe (``__dask_future__``,
             # ``__array_interface__`` ...), not a use: answered as a ModelProxy would.
             if name.startswith("_self_") or name[:2] == "__" == name[-2:]:
                 raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
-            model = self._self_resolve()
-        value = getattr(model, name)
+            held = self._self_resolve()
+        value = getattr(held.model, name)
         # Methods follow the proxy across a fork; in graph mode every callable
-        # needs the graph's re-entry, and with a call lock every callable its lock.
-        owner = self._self_owner
-        if type(value) is MethodType or (
-            callable(value)
-            and (
-                owner is not None
-                or self._self_call_lock is not None
-                or self._self_in_effect == "process"
-            )
-        ):
-            return ProxyMethod(value, self, name, owner)
+        # needs the graph's re-entry, with a call lock its lock, and in a host
+        # its connection must not be reused in a fork child.
+        if type(value) is MethodType or (held.wraps_callables and callable(value)):
+            return ProxyMethod(value, self, name, held)
         return value
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        model = self._self_model
-        if model is None:
-            model = self._self_resolve()
-        owner = self._self_owner
+        held = self._self_held
+        if held is None:
+            held = self._self_resolve()
+        owner = held.owner
         if owner is not None:
-            return owner.call(model, *args, **kwargs)
-        lock = self._self_call_lock
+            return owner.call(held.model, *args, **kwargs)
+        lock = held.call_lock
         if lock is None:
-            return model(*args, **kwargs)
+            return held.model(*args, **kwargs)
         with lock:
-            return model(*args, **kwargs)
+            return held.model(*args, **kwargs)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name.startswith("_self_") or name == "__wrapped__":
             super().__setattr__(name, value)
         else:
-            setattr(
-                self._self_model if self._self_model is not None else self._self_resolve(),
-                name,
-                value,
-            )
+            setattr((self._self_held or self._self_resolve()).model, name, value)
 
     def __delattr__(self, name: str) -> None:
         if name.startswith("_self_"):
             super().__delattr__(name)
         else:
-            delattr(
-                self._self_model if self._self_model is not None else self._self_resolve(), name
-            )
+            delattr((self._self_held or self._self_resolve()).model, name)
 
     # -- what never loads ---------------------------------------------------
 
     def __repr__(self) -> str:
-        if self._self_model is not None:
-            state = f"loaded in pid {self._self_owner_pid}"
-        else:
-            state = "not loaded in this process"
+        held = self._self_held
+        state = f"loaded in pid {held.pid}" if held is not None else "not loaded in this process"
+        options = self._self_options
         return (
-            f"<forksafe.ModelProxy {self._self_source.describe()!r} "
-            f"isolation={self._self_isolation!r}, {state}>"
+            f"<forksafe.ModelProxy {options.source.describe()!r} "
+            f"isolation={options.isolation.value!r}, {state}>"
         )
 
     __str__ = __repr__
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Callable[..., ModelProxy], tuple[Any, ...]]:
-        # Ships the source, never the model: the receiver loads lazily.
-        return _unpickled, (
-            self._self_source,
-            self._self_isolation,
-            self._self_timeout,
-            self._self_batching,
-        )
+        # Ships the source and options, never the model: the receiver loads lazily.
+        return _unpickled, (self._self_options,)
 
     def __reduce__(self) -> tuple[Callable[..., ModelProxy], tuple[Any, ...]]:
         return self.__reduce_ex__(2)
@@ -294,19 +289,13 @@ class ModelProxy(_Base):
         (in its graph and session, in TF1 graph mode); an unloaded or hosted
         one gives an unloaded proxy that loads from the source.
         """
-        clone = ModelProxy(
-            self._self_source, self._self_isolation, self._self_timeout, self._self_batching
-        )
-        model, owner = self._self_model, self._self_owner
-        if model is None or self._self_in_effect != "inprocess":
+        clone = ModelProxy(self._self_options)
+        held = self._self_held
+        if held is None or held.in_effect is not Isolation.INPROCESS:
             return clone
-        copied = how(model) if owner is None else owner.call(how, model)
-        clone._self_in_effect = "inprocess"
-        clone._self_owner = owner
-        clone._self_call_lock = call_lock(copied)
-        clone._self_owner_pid = os.getpid()
-        clone._self_loads = 1
-        clone._self_model = copied
+        owner = held.owner
+        copied = how(held.model) if owner is None else owner.call(how, held.model)
+        clone._self_held = Held.of(copied, owner, Isolation.INPROCESS)
         clone.__wrapped__ = copied
         return clone
 
@@ -329,24 +318,23 @@ class ModelProxy(_Base):
 
     @property
     def __class__(self) -> type:
-        model = self._self_model
-        if model is None:
+        held = self._self_held
+        if held is None:
             # Without a framework here, no class could be asked about that the
             # model would answer differently: engines' checks must not load it.
             if not _frameworks.imported():
                 return ModelProxy
-            model = self._self_resolve()
-        cls: type = model.__class__
+            held = self._self_resolve()
+        cls: type = held.model.__class__
         return cls
 
     @__class__.setter
     def __class__(self, value: type) -> None:
-        model = self._self_model if self._self_model is not None else self._self_resolve()
-        model.__class__ = value
+        (self._self_held or self._self_resolve()).model.__class__ = value
 
     def __dask_tokenize__(self) -> object:
         """Dask's token: what the proxy pickles as (source and options), loaded or not."""
-        key = _key(self._self_source, self._self_isolation, self._self_timeout, self._self_batching)
+        key = _key(self._self_options)
         if key is None:  # a source that cannot be pickled cannot travel: unique here
             if self._self_token is None:
                 self._self_token = uuid.uuid4().hex
@@ -370,16 +358,15 @@ class ModelProxy(_Base):
 _arrived: dict[bytes, ModelProxy] = {}
 
 
-def _key(
-    source: Source, isolation: str, timeout: float, batching: tuple[int, float] | None
-) -> bytes | None:
-    """What a proxy of ``source`` pickles as, or ``None`` if its source cannot be pickled.
+def _key(options: Options) -> bytes | None:
+    """What a proxy with ``options`` pickles as, or ``None`` if its source cannot be pickled.
 
     A factory or loader defined in ``__main__`` or as a lambda reaches workers
     by value (cloudpickle) and pickle cannot name it there: the cloudpickle
     that brought it (Dask's, Ray's or Spark's copy) gives its key.
     """
-    state = (source, isolation, timeout, batching)
+    # Where each setting came from is not part of what the proxy is.
+    state = (options.source, options.isolation.value, options.timeout, options.batching)
     try:
         return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
@@ -395,15 +382,12 @@ def _key(
     return None
 
 
-def _unpickled(
-    source: Source, isolation: str, timeout: float, batching: tuple[int, float] | None = None
-) -> ModelProxy:
-    """The proxy for ``source`` in this process: the one that arrived before, if alive."""
-    options = (source, isolation, timeout, batching)
-    key = _key(*options)
+def _unpickled(options: Options) -> ModelProxy:
+    """The proxy for ``options`` in this process: the one that arrived before, if alive."""
+    key = _key(options)
     if key is None:  # it was just unpickled, so this is unexpected: do not share
-        return ModelProxy(*options)
+        return ModelProxy(options)
     proxy = _arrived.get(key)
     if proxy is None:
-        proxy = _arrived.setdefault(key, ModelProxy(*options))
+        proxy = _arrived.setdefault(key, ModelProxy(options))
     return proxy

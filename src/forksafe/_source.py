@@ -6,6 +6,7 @@ place of the model.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -59,6 +60,20 @@ class Source:
             wanted.add("tf_keras" if legacy_keras() else "keras")
         return tuple(sorted(wanted))
 
+    def identity_paths(self) -> tuple[str, ...]:
+        """The files that define this model: its path, and the loader's or factory's code.
+
+        A shared host is the same host only while these files are the same
+        (``forksafe._host.identity``). Files a factory reads by itself are
+        not known here: pass such a file as ``load_model(path, loader=...)``.
+        """
+        paths = [self.path] if self.path is not None else []
+        for fn in (self.loader, self.factory):
+            code = _code_file(fn)
+            if code is not None:
+                paths.append(code)
+        return tuple(paths)
+
     def load(self) -> Any:
         """Produce the model in this process, or raise ``ModelLoadError``."""
         if self.path is None:
@@ -68,7 +83,24 @@ class Source:
         fmt = check_model_path(self.path)
         if fmt == "h5" and self.kwargs.get("safe_mode", True) is not False:
             refuse_unsafe_h5(self.path)
-        return _call(_default_loader(fmt), (self.path,), self.kwargs, what=self.path)
+        try:
+            loader = _default_loader(fmt)
+        except ImportError as exc:  # the framework, or one it needs, is not installed here
+            raise ModelLoadError(
+                f"could not load model from {self.path!r}: its loader's framework does not "
+                f"import here ({type(exc).__name__}: {exc}); install it (for Keras: "
+                "pip install 'forksafe[keras]') or pass loader="
+            ) from exc
+        return _call(loader, (self.path,), self.kwargs, what=self.path)
+
+
+def _code_file(fn: Any) -> str | None:
+    """The source file of the module that defines ``fn``, if it has one."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    path = getattr(module, "__file__", None)
+    return os.path.abspath(path) if isinstance(path, str) else None
 
 
 def _callable_name(fn: Any) -> str:

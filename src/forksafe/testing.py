@@ -14,7 +14,7 @@ from typing import Any
 
 from forksafe._childrun import ChildCrashedError, ForkTimeoutError, run_in_fork, run_in_subprocess
 from forksafe._frameworks import display
-from forksafe._host.transport import PREFIX
+from forksafe._host.shm import PREFIX
 from forksafe._tiny import TinyModel, build_tiny_model, save_tiny_model
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 _IMPORT_ALLOWANCE = 120.0  # seconds for a fresh interpreter to import the module
-_TEMPLATE_MARK = b"forksafe._host.template import main"
+_TEMPLATE_MARK = b"forksafe._host.host_template import main"
 
 
 def import_report(module: str) -> dict[str, Any]:

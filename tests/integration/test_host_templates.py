@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import forksafe
-from forksafe._host import tree as host_tree
+from forksafe._host import client_private as host_tree
 from tests import host_scenarios
 from tests.helpers import run_clean
 from tests.models import Models
@@ -123,7 +123,7 @@ def test_another_users_squatter_on_a_dead_templates_address_is_not_trusted() -> 
     code = f"""
         import os, select, signal, socket
         import forksafe
-        from forksafe._host import tree as client
+        from forksafe._host import client_private as client
         from tests.procs import parent_of, wait_gone
         from tests.scenarios import HostProbe
         first = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)

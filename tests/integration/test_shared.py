@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import forksafe
-from forksafe._host import shared as shared_host
+from forksafe._host import client_shared as shared_host
 from forksafe._host import wire
 from tests import host_scenarios, scenarios
 from tests.helpers import fork_many, run_clean

@@ -11,6 +11,7 @@ skips for a missing package or service any other way (see
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import socket
 from types import ModuleType
@@ -18,7 +19,15 @@ from urllib.parse import urlparse
 
 import pytest
 
-__all__ = ["AMQP_URL", "REDIS_URL", "missing", "package", "redis_url", "service"]
+__all__ = [
+    "AMQP_URL",
+    "REDIS_URL",
+    "installed",
+    "missing",
+    "package",
+    "redis_url",
+    "service",
+]
 
 REDIS_URL = os.environ.get("FORKSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 AMQP_URL = os.environ.get("FORKSAFE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
@@ -40,6 +49,13 @@ def package(name: str, install: str | None = None) -> ModuleType:
     except ImportError as exc:
         missing(f"needs {name} (pip install {install or name.split('.')[0]}): {exc}")
         raise  # not reached: missing() always raises
+
+
+def installed(name: str, install: str | None = None) -> None:
+    """Skip (fail under CI) unless ``name`` is importable; it is not imported here."""
+    __tracebackhide__ = True
+    if importlib.util.find_spec(name) is None:
+        missing(f"needs {name} (pip install {install or name})")
 
 
 def service(url: str, what: str | None = None) -> str:

@@ -40,7 +40,7 @@ def test_factory_must_be_callable() -> None:
         forksafe.lazy_model("not callable")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("isolation", ["threads", "", None, 1])
+@pytest.mark.parametrize("isolation", ["threads", "", 1, "AUTO"])
 def test_unknown_isolation(isolation: object) -> None:
     """An unknown isolation lists the valid ones."""
     with pytest.raises(ValueError, match="isolation must be one of"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from forksafe._host.batching import batch_key, join, split
+from forksafe._host.host_batching import batch_key, join, split
 
 
 def test_calls_that_agree_on_all_but_the_rows_share_a_key() -> None:

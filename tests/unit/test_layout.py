@@ -9,7 +9,14 @@ import forksafe
 
 PACKAGE = Path(forksafe.__file__).parent
 # What the host subpackage may use of the rest of forksafe (DESIGN.md's picture).
-HOST_MAY_IMPORT = {"forksafe._errors", "forksafe._frameworks", "forksafe._forking"}
+HOST_MAY_IMPORT = {
+    "forksafe._errors",
+    "forksafe._frameworks",
+    "forksafe._forking",
+    "forksafe._version",
+}
+# Modules both ends of a host's socket use; every other module's name says its side.
+BOTH_SIDES = {"__init__", "wire", "plain", "shm", "identity", "runtime_dir"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -36,7 +43,7 @@ def _module(name: str) -> bool:
 
 
 def test_the_host_imports_nothing_above_it() -> None:
-    """``forksafe._host`` uses only _errors, _frameworks and _forking of the rest."""
+    """``forksafe._host`` uses only _errors, _frameworks, _forking and _version of the rest."""
     for path in sorted((PACKAGE / "_host").glob("*.py")):
         outside = {
             name
@@ -49,10 +56,24 @@ def test_the_host_imports_nothing_above_it() -> None:
 
 
 def test_only_the_proxy_opens_the_door_to_the_host() -> None:
-    """Of forksafe's own modules, only ``_proxy`` imports ``forksafe._host``."""
+    """Of forksafe's own modules, only ``_proxy`` (and ``_hosts``) import ``forksafe._host``."""
     users = {
         path.name
         for path in PACKAGE.glob("*.py")
         if any(name.startswith("forksafe._host") for name in _imports(path))
     }
-    assert users <= {"_proxy.py", "testing.py"}, users
+    # _hosts: the operator's view of shared hosts (forksafe hosts), beside the proxy's door.
+    assert users <= {"_proxy.py", "_hosts.py", "testing.py"}, users
+
+
+def test_host_modules_say_which_side_of_the_socket_they_are_on() -> None:
+    """``client_*`` and ``host_*`` modules; a side imports the other side's modules never."""
+    for path in sorted((PACKAGE / "_host").glob("*.py")):
+        name = path.stem
+        if name in BOTH_SIDES:
+            continue
+        side, _, _ = name.partition("_")
+        assert side in ("client", "host"), f"{path.name}: neither client_ nor host_"
+        other = "host" if side == "client" else "client"
+        crossing = {m for m in _imports(path) if m.startswith(f"forksafe._host.{other}_")}
+        assert not crossing, f"{path.name} imports {sorted(crossing)}"

@@ -307,7 +307,7 @@ def test_custom_loader_gets_path_and_kwargs(models: Models) -> None:
 def test_tensorflow_models_take_no_call_lock(keras_proxy: forksafe.ModelProxy) -> None:
     """Only backends that cannot take concurrent calls pay for a lock; TensorFlow does not."""
     keras_proxy.name  # noqa: B018  (load)
-    assert keras_proxy._self_call_lock is None
+    assert keras_proxy._self_held is not None and keras_proxy._self_held.call_lock is None
 
 
 def test_tiny_model_is_a_path(models: Models) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 import forksafe
 from forksafe._host import wire
-from forksafe._host.transport import Shared, is_plain
+from forksafe._host.plain import is_plain
+from forksafe._host.shm import Shared
 from tests.scenarios import CustomError, Gadget
 
 

@@ -1,16 +1,19 @@
-"""The client side of a model host: the connection, ``HostClient`` and ``RemoteModel``.
+"""Client side: ``HostClient`` (connections to one model's host) and ``RemoteModel``.
 
-Where the host comes from is the opener's business (``tree.TreeHost``: a
-host of this client's own, forked from the process tree's template). Calls
-on one host are serialised by a lock; every wait is bounded by the proxy's
-``timeout``; an exchange that is interrupted or fails in any way retires the
-connection (and a host of the client's own), so no answer can reach a later
-call.
+Where the host comes from is the opener's business (``client_private``: a
+host of this client's own, forked from the process tree's template;
+``client_shared``: the one host this user's processes share). An opener
+hands back a connection whose first request is answered: the host's pid and
+what it loaded. Calls on a private host are serialised by a lock; every wait
+is bounded by the proxy's ``timeout``; an exchange that is interrupted or
+fails in any way retires the connection (and a host of the client's own), so
+no answer can reach a later call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 import signal
@@ -20,10 +23,12 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from forksafe._errors import ForkSafeError, HostCrashedError, HostError, HostTimeoutError
-from forksafe._host.transport import SegmentPool, sweep, unpack
-from forksafe._host.wire import checkpoint, decode, encode, raise_envelope
+from forksafe._host.shm import SegmentPool, sweep, unpack
+from forksafe._host.wire import FIRST_RID, checkpoint, decode, encode, raise_envelope
 
 __all__ = ["HostClient", "Opener", "RemoteModel"]
+
+log = logging.getLogger("forksafe.host")
 
 
 class Opener(Protocol):
@@ -31,14 +36,20 @@ class Opener(Protocol):
 
     owns_host: bool  # the host serves only this client: retiring it stops it
 
-    def open(self, timeout: float) -> tuple[Connection, int]: ...
+    def open(self, timeout: float) -> tuple[Connection, int, dict[str, Any]]:
+        """A connection whose first request is answered: it, the host's pid, what it loaded."""
+        ...
 
-    def first_request(self) -> tuple[Any, ...]: ...
+    def abandon(self, conn: Connection, pid: int) -> None:
+        """Stop using a connection that nobody waits for any more."""
+        ...
 
-    def abandon(self, conn: Connection, pid: int) -> None: ...
+    def release(self) -> None:
+        """This client has no connection left: the next ``open`` may find another host."""
+        ...
 
 
-def _open(opener: Opener, timeout: float) -> tuple[Connection, int]:
+def _open(opener: Opener, timeout: float) -> tuple[Connection, int, dict[str, Any]]:
     """``opener.open`` run off this thread, so no signal handler can cut it short.
 
     Starting a host juggles sockets and descriptors; an exception raised by
@@ -59,7 +70,7 @@ def _open(opener: Opener, timeout: float) -> tuple[Connection, int]:
         with settled:
             done.set()
             if box.get("abandoned") and "result" in box:
-                opener.abandon(*box["result"])
+                opener.abandon(*box["result"][:2])
 
     threading.Thread(target=run, name="forksafe-host-start", daemon=True).start()
     try:
@@ -70,7 +81,7 @@ def _open(opener: Opener, timeout: float) -> tuple[Connection, int]:
         with settled:
             box["abandoned"] = True
             if done.is_set() and "result" in box:
-                opener.abandon(*box["result"])
+                opener.abandon(*box["result"][:2])
         raise
     if "error" in box:
         raise box["error"]
@@ -91,7 +102,7 @@ class _Channel:
         self.conn = conn
         self.host_pid = host_pid
         self.pool = SegmentPool()
-        self.rid = 0
+        self.rid = FIRST_RID  # the opener's first request was this connection's first
         self.finalizer = weakref.finalize(self, _close, conn, self.pool)
 
 
@@ -112,6 +123,7 @@ class HostClient:
         self.lock = threading.Lock()  # a host of our own: one call at a time
         self.idle: list[_Channel] = []
         self.idle_lock = threading.Lock()
+        self.live = 0  # channels open (idle or in a call); guarded by idle_lock
 
     def request(self, message: tuple[Any, ...], *, what: str) -> Any:
         """Send ``message`` to the host (starting one if needed) and return its answer."""
@@ -137,18 +149,28 @@ class HostClient:
         with self.idle_lock:
             return [name for channel in self.idle for name in channel.pool.names()]
 
+    def connect(self) -> None:
+        """Reach the host now (starting and loading it if needed), keeping the connection."""
+        channel = self._idle_or_new()
+        with self.idle_lock:
+            self.idle.append(channel)
+
     def _idle_or_new(self) -> _Channel:
         with self.idle_lock:
             if self.idle:
                 return self.idle.pop()
-        conn, pid = _open(self.opener, self.timeout)
+        conn, pid, meta = _open(self.opener, self.timeout)
         channel = _Channel(conn, pid)
+        log.info(
+            "connected to %s model host %s (%s)",
+            "a private" if self.opener.owns_host else "the shared",
+            pid,
+            meta.get("type", "?"),
+        )
+        with self.idle_lock:
+            self.live += 1
         self.host_pid = pid
-        try:
-            self.meta = self._exchange(channel, self.opener.first_request(), what="load")
-        except BaseException:
-            self._retire(channel, crashed=False)  # a host without a model is of no use
-            raise
+        self.meta = meta
         return channel
 
     def _through(self, channel: _Channel, message: tuple[Any, ...], what: str) -> Any:
@@ -189,6 +211,7 @@ class HostClient:
                 payload = unpack(payload)
         except BlockingIOError:  # a socket bound expired: the host is stuck
             pid = self._retire(channel, crashed=False)
+            log.warning("model host %s did not answer %s within %s s", pid, what, self.timeout)
             raise HostTimeoutError(
                 f"the model host (pid {pid}) did not answer {what} within {self.timeout} s; "
                 + (
@@ -199,6 +222,7 @@ class HostClient:
             ) from None
         except (EOFError, OSError) as exc:
             pid = self._retire(channel, crashed=True)
+            log.warning("model host %s died during %s", pid, what)
             raise HostCrashedError(
                 f"the model host process {pid} died during {what} (killed, out of memory, or "
                 "crashed); the next call starts a new host"
@@ -238,6 +262,11 @@ class HostClient:
             self.host_pid = None
         if owned or crashed:
             sweep(pid)
+        with self.idle_lock:
+            self.live -= 1 + len(stale)
+            last = self.live <= 0
+        if last:
+            self.opener.release()
         return pid
 
 
@@ -273,7 +302,7 @@ class RemoteModel:
         object.__setattr__(self, "_client", HostClient(opener, timeout))
         object.__setattr__(self, "_methods", {})
         object.__setattr__(self, "_describe", describe)
-        self._client.request(("ping",), what="start")
+        self._client.connect()
 
     @property
     def host_pid(self) -> int | None:
@@ -284,6 +313,11 @@ class RemoteModel:
     def meta(self) -> dict[str, Any]:
         """What the host reported when it loaded the model."""
         return self._client.meta
+
+    def host_stats(self) -> dict[str, Any] | None:
+        """A shared host's own figures (over a short connection), else ``None``."""
+        stats = getattr(self._client.opener, "stats", None)
+        return stats() if callable(stats) else None
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):  # private and special names stay on this side

@@ -1,68 +1,87 @@
-"""What a client and its host agree on: credentials, handshake, numbered frames, decoding.
+"""Both sides: what a client and its host agree on: credentials, handshake, frames, errors.
 
 A frame is an 8-byte request id followed by a pickle. The host answers each
 request once, echoing its id; a client that reads any other id, or is
 interrupted anywhere in an exchange, retires the connection (see
-``client.HostClient``), so no answer can ever reach a later call.
+``client.HostClient``), so no answer can ever reach a later call. Replies
+are decoded with plain data admitted only (``plain.loads``).
 
-Replies are decoded by ``decode``, which admits plain data only: builtin
-scalars and containers, numpy arrays and scalars, forksafe's shared-array
-references. Anything else a host sends (a model's object, a pickle that
-would run code) is refused, so a host is a decode boundary: code that runs
-in the host does not run in the client through its answers.
+The handshake with a template (which holds the process tree's key) is
+mutual and cannot be reflected: each side sends a nonce, and each proof is
+an HMAC over both nonces, both pids as the kernel reports them, and a label
+saying which side made it. A peer without the key cannot get a proof from
+one server to show another: servers make only server proofs, and each is
+bound to the connection's own pids.
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
+import hashlib
+import hmac
 import io
 import os
 import pickle
+import secrets
 import socket
 import struct
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Connection
 from typing import Any
 
 from forksafe import _errors
-from forksafe._errors import HostError, HostTimeoutError
+from forksafe._errors import HostError
+from forksafe._host import plain
 
 __all__ = [
+    "FIRST_RID",
     "HANDSHAKE_SECONDS",
-    "SHARED_COMMAND",
-    "TEMPLATE_COMMAND",
+    "OPENING_SIZE",
     "Peer",
     "checkpoint",
     "client_handshake",
+    "command",
     "decode",
     "encode",
     "error_envelope",
+    "frame_id",
     "peer_of",
-    "peers",
+    "proof",
     "raise_envelope",
     "recv_fd",
     "send_fd",
-    "server_handshake",
+    "server_reply",
     "set_timeouts",
-    "start_detached",
+    "short_path",
+    "unpickle_request",
 ]
 
-# How a template or a shared host is started: ``python -I -c COMMAND CONFIG_FD
-# REPORT_FD``. ``-I`` ignores PYTHONPATH, so the directory forksafe was
-# imported from is appended (last: it cannot shadow anything) for a forksafe
-# that is not installed.
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_COMMAND = "import sys; sys.path.append({root!r}); from forksafe._host.{module} import main; main()"
-TEMPLATE_COMMAND = _COMMAND.format(root=_ROOT, module="template")
-SHARED_COMMAND = _COMMAND.format(root=_ROOT, module="hub")
 # A connection that has not finished its handshake by then is dropped.
 HANDSHAKE_SECONDS = 10.0
+# The id of a connection's first request (its load, or its hello); replies echo ids.
+FIRST_RID = 1
 _CREDENTIALS = struct.Struct("3i")
 _RID = struct.Struct("!Q")
+_MAGIC = b"forksafe/2 "
+_NONCE = 32
+OPENING_SIZE = len(_MAGIC) + _NONCE
+_PIDS = struct.Struct("!qq")
+# Longest path bind() and connect() take in a sockaddr_un, with room to spare.
+_SUN_PATH = 100
+# How a template or a shared host program starts: ``python -I -c COMMAND``.
+# ``-I`` ignores PYTHONPATH, so the directory forksafe was imported from is
+# appended (last: it cannot shadow anything) for a forksafe that is not installed.
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_COMMAND = "import sys; sys.path.append({root!r}); from forksafe._host.{module} import main; main()"
+
+
+def command(module: str) -> str:
+    """The ``-c`` program that runs ``forksafe._host.<module>.main()``."""
+    return _COMMAND.format(root=_ROOT, module=module)
+
 
 # Named steps of an exchange where the fault-injection tests interrupt or
 # kill; empty (one dict truth test per step) outside those tests.
@@ -108,84 +127,55 @@ def set_timeouts(sock: socket.socket | int, seconds: float) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
 
 
-def start_detached(
-    command: str,
-    config: dict[str, Any],
-    *,
-    keep_fds: tuple[int, ...] = (),
-    timeout: float,
-    what: str,
-) -> dict[str, Any]:
-    """Start ``python -I -c command CONFIG_FD REPORT_FD``, hand it ``config``, return its report.
+def proof(key: bytes, side: bytes, nonces: tuple[bytes, bytes], pids: tuple[int, int]) -> bytes:
+    """The HMAC one side shows: over its label, both nonces and (server pid, client pid)."""
+    message = b"forksafe " + side + b"\0" + nonces[0] + nonces[1] + _PIDS.pack(*pids)
+    return hmac.new(key, message, hashlib.sha256).digest()
 
-    The child detaches (forks and exits its first process, which is reaped
-    here at once) and reports on the second pipe; every wait is bounded by
-    ``timeout``, and a child that does not report in time is killed.
-    ``keep_fds`` are descriptors the child inherits (a lock it keeps).
+
+def server_reply(key: bytes, opening: bytes, pids: tuple[int, int]) -> tuple[bytes, bytes] | None:
+    """A server's answer to a client's opening, and the client proof it then expects.
+
+    ``pids`` are (this server's pid, the client's pid as the kernel reports
+    it). ``None`` if the opening is not one.
     """
-    config_r, config_w = os.pipe()
-    report_r, report_w = os.pipe()
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-c", command, str(config_r), str(report_w)],
-            stdin=subprocess.DEVNULL,
-            pass_fds=(config_r, report_w, *keep_fds),
-        )
-    finally:
-        os.close(config_r)
-        os.close(report_w)
-    writer = Connection(config_w, readable=False)
-    reader = Connection(report_r, writable=False)
-    try:
-        writer.send(config)
-        writer.close()
-        process.wait(timeout)  # the first process exits as soon as the child detaches
-        if not reader.poll(timeout):
-            raise HostTimeoutError(f"{what} did not start within {timeout} s")
-        report: dict[str, Any] = reader.recv()
-        return report
-    except subprocess.TimeoutExpired:
-        raise HostTimeoutError(f"{what} did not start within {timeout} s") from None
-    finally:
-        writer.close()
-        reader.close()
-        if process.returncode is None:
-            process.kill()
-            process.wait()
+    if len(opening) != OPENING_SIZE or not opening.startswith(_MAGIC):
+        return None
+    client_nonce, server_nonce = opening[len(_MAGIC) :], secrets.token_bytes(_NONCE)
+    reply = server_nonce + proof(key, b"server", (client_nonce, server_nonce), pids)
+    return reply, proof(key, b"client", (server_nonce, client_nonce), pids)
 
 
-def peers(listener: socket.socket) -> Iterator[tuple[socket.socket, Peer]]:
-    """Accepted connections of this user, with their credentials; others are closed at once.
+def client_handshake(conn: Connection, key: bytes, server_pid: int) -> None:
+    """The client's side: the server proves it holds ``key`` before the client proves it.
 
-    Never waits for a peer to speak: what it says is for whoever serves it.
+    ``server_pid`` is the listener's pid as the kernel reports it.
+
+    Raises:
+        AuthenticationError: the server's proof is wrong.
     """
-    while True:
-        try:
-            sock, _ = listener.accept()
-        except OSError:  # EMFILE and the like: do not spin
-            time.sleep(0.05)
-            continue
-        try:
-            peer = peer_of(sock)
-        except OSError:
-            sock.close()
-            continue
-        if peer.uid != os.getuid():
-            sock.close()
-            continue
-        yield sock, peer
+    pids = (server_pid, os.getpid())
+    client_nonce = secrets.token_bytes(_NONCE)
+    conn.send_bytes(_MAGIC + client_nonce)
+    reply = conn.recv_bytes(256)
+    server_nonce, shown = reply[:_NONCE], reply[_NONCE:]
+    expected = proof(key, b"server", (client_nonce, server_nonce), pids)
+    if len(server_nonce) != _NONCE or not hmac.compare_digest(shown, expected):
+        raise AuthenticationError("the server did not prove it holds this process tree's key")
+    conn.send_bytes(proof(key, b"client", (server_nonce, client_nonce), pids))
 
 
-def client_handshake(conn: Connection, key: bytes) -> None:
-    """The server proves it holds ``key`` before the client answers anything."""
-    deliver_challenge(conn, key)
-    answer_challenge(conn, key)
-
-
-def server_handshake(conn: Connection, key: bytes) -> None:
-    """The server's side of ``client_handshake``."""
-    answer_challenge(conn, key)
-    deliver_challenge(conn, key)
+@contextlib.contextmanager
+def short_path(path: str) -> Iterator[str]:
+    """An address for ``path`` that fits a Unix socket address (through ``/proc`` if long)."""
+    if path.startswith("\0") or len(os.fsencode(path)) <= _SUN_PATH:
+        yield path
+        return
+    directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{directory}/{os.path.basename(path)}"
+    finally:
+        os.close(directory)
 
 
 def send_fd(conn: Connection, fd: int | None) -> None:
@@ -218,38 +208,6 @@ def unpickle_request(frame: bytes) -> Any:
     return pickle.loads(memoryview(frame)[_RID.size :])
 
 
-# What a reply may contain besides pickle's own types: plain data only.
-_ALLOWED = frozenset(
-    {
-        ("builtins", "complex"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("builtins", "bytearray"),
-        ("builtins", "slice"),
-        ("numpy", "dtype"),
-        ("numpy", "ndarray"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.multiarray", "scalar"),
-        ("forksafe._host.transport", "Shared"),
-    }
-)
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        raise HostError(
-            f"the model host sent a {module}.{name}, which forksafe does not decode: a host "
-            "answers with plain data only (numbers, strings, numpy arrays, and lists, tuples "
-            "and dicts of them)"
-        )
-
-
 def decode(frame: bytes, rid: int) -> Any:
     """The reply to request ``rid``, decoded with plain data admitted only."""
     got = frame_id(frame)
@@ -257,7 +215,7 @@ def decode(frame: bytes, rid: int) -> Any:
         raise HostError(f"the model host answered request {got} when {rid} was expected")
     stream = io.BytesIO(frame)  # shares the bytes (no copy) until written to
     stream.seek(_RID.size)
-    return _PlainUnpickler(stream).load()
+    return plain.loads(stream)
 
 
 def _builtin_base(kind: type[BaseException]) -> str:

@@ -1,4 +1,4 @@
-"""What crosses the boundary to a model host: small values pickled, large arrays shared.
+"""Both sides: large arrays cross to and from a host through POSIX shared memory.
 
 Arrays of ``SHM_THRESHOLD`` bytes or more travel through POSIX shared memory
 (mode 0600: private to the user). Each side writes into segments from its
@@ -33,7 +33,6 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from forksafe._errors import HostError
-from forksafe._frameworks import to_numpy
 
 __all__ = [
     "PREFIX",
@@ -41,9 +40,7 @@ __all__ = [
     "SegmentPool",
     "Shared",
     "gone",
-    "is_plain",
     "sweep",
-    "to_plain",
     "unpack",
 ]
 
@@ -212,41 +209,6 @@ def _receive(leaf: Any) -> Any:
 def unpack(obj: Any) -> Any:
     """``obj`` with its shared arrays copied back out of their segments."""
     return _walk(obj, _receive)
-
-
-def to_plain(obj: Any) -> Any:
-    """``obj`` as a host answers with it: tensors as arrays, containers as builtin ones.
-
-    Subclasses of dict, list and tuple (an ``OrderedDict`` such as torch's
-    ``state_dict()``, a named tuple) become plain ones; anything else stays.
-    """
-    if isinstance(obj, dict):
-        return {key: to_plain(value) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [to_plain(item) for item in obj]
-    if isinstance(obj, tuple):
-        return tuple(to_plain(item) for item in obj)
-    return to_numpy(obj)
-
-
-_PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
-
-
-def is_plain(obj: Any) -> bool:
-    """Plain data: builtin scalars, numpy values, and lists/tuples/dicts/sets of them.
-
-    Exact types only: what passes here is what ``wire.decode`` admits.
-    """
-    kind = type(obj)
-    if kind in _PLAIN:
-        return True
-    if kind in (list, tuple, set, frozenset):
-        return all(is_plain(item) for item in obj)
-    if kind is dict:
-        return all(is_plain(k) and is_plain(v) for k, v in obj.items())
-    if kind is np.ndarray:
-        return not obj.dtype.hasobject
-    return isinstance(obj, np.dtype) or (isinstance(obj, np.generic) and obj.dtype != object)
 
 
 def gone(pid: int, within: float = 0.0) -> bool:

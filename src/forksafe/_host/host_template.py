@@ -1,4 +1,4 @@
-"""The template process: imports the frameworks, never runs them, forks one host per client.
+"""Host side, private hosts: the template: imports frameworks, never runs them, forks hosts.
 
 Started by exec with ``python -I`` (never a fork of a client, whose runtime
 may be dead; isolated, so nothing in the working directory or the
@@ -6,8 +6,8 @@ environment runs in it) and given the client's ``sys.path`` explicitly. One
 template serves a whole process tree (a pool's parent and all its workers):
 it listens on an address derived from the tree's identity, and whichever
 process binds it first serves; a process that loses the race connects to
-the winner. The accept loop never waits for a peer: it checks the peer's
-uid and forks a host, which does the handshake under its own deadline. A
+the winner. Its gate (``host_gate``) authenticates every peer without
+waiting on any, and only then forks a host for it (``host_private``). A
 thread reaps hosts and sweeps what they (and their dead clients) left in
 shared memory; the reaper survives any error. The template exits once the
 tree's first process is gone and it has no hosts left.
@@ -29,9 +29,11 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from forksafe._frameworks import FRAMEWORKS
-from forksafe._host.server import serve
-from forksafe._host.transport import gone, sweep
-from forksafe._host.wire import TEMPLATE_COMMAND, peers
+from forksafe._host.host_gate import Gate
+from forksafe._host.host_private import serve_client
+from forksafe._host.host_serve import flush
+from forksafe._host.shm import gone, sweep
+from forksafe._host.wire import command
 
 __all__ = ["main"]
 
@@ -44,6 +46,8 @@ _last_change = time.monotonic()
 # Once the tree's first process is gone, the template leaves after this long
 # without hosts: a sibling may be connecting right now.
 _GRACE = 2.0
+# A whole pool may connect at once; the kernel caps this at net.core.somaxconn.
+_BACKLOG = 4096
 
 
 def _watch_anchor(anchor: int) -> None:
@@ -88,30 +92,29 @@ def _reap_hosts() -> None:
 
 def _serve_forever(listener: socket.socket, key: bytes) -> None:
     global _last_change
-    for sock, peer in peers(listener):
+    gate = Gate(listener, key)
+    for sock, peer in gate:
         with _fork_lock:
             child = os.fork()
             if child == 0:
-                _become_host(listener, sock, peer, key)
+                _become_host(gate, sock, peer)
             _hosts[child] = peer.pid
             _last_change = time.monotonic()
         sock.close()
         _hosts_changed.set()
 
 
-def _become_host(listener: socket.socket, sock: socket.socket, peer: Any, key: bytes) -> None:
+def _become_host(gate: Gate, sock: socket.socket, peer: Any) -> None:
     code = 1
     try:
-        listener.close()
-        serve(sock, peer, key)
+        gate.close()  # the listener and the other peers are the template's
+        serve_client(sock, peer)
         code = 0
     except BaseException:
         with contextlib.suppress(Exception):
             traceback.print_exc()
     finally:
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
+        flush()
         os._exit(code)
 
 
@@ -123,7 +126,7 @@ def _bind(address: str) -> socket.socket | None:
     except OSError:
         listener.close()
         return None
-    listener.listen(128)
+    listener.listen(_BACKLOG)
     return listener
 
 
@@ -151,7 +154,9 @@ def _reexec_without_preload(listener: socket.socket, config: dict[str, Any]) -> 
     writer = Connection(write_fd, readable=False)
     writer.send({**config, "preload": [], "listen_fd": fd})
     writer.close()
-    os.execv(sys.executable, [sys.executable, "-I", "-c", TEMPLATE_COMMAND, str(read_fd), "-1"])
+    os.execv(
+        sys.executable, [sys.executable, "-I", "-c", command("host_template"), str(read_fd), "-1"]
+    )
 
 
 def main() -> None:

@@ -1,12 +1,14 @@
-"""A process tree's host template: where to find it, how to start it, and a host from it.
+"""Client side, private hosts: the process tree's template, and a host of one's own from it.
 
 One template serves a process tree: its address is derived from the tree's
 identity (``_forking.tree``: the first process that imported forksafe and a
 secret only its fork descendants hold), so a pool's workers share it
 whichever of them started it. A client trusts an address only after the
 kernel says its listener runs as this user and the listener has proved it
-holds the secret; an address held by anyone else is abandoned for a private
-one.
+holds the secret (``wire.client_handshake``); an address held by anyone else
+is abandoned for a private one. Once authenticated, the template forks a
+host for this client, which says hello with its pid, takes the client's
+standard error and loads the model (the connection's first request).
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import hashlib
 import os
 import secrets
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -27,17 +28,19 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from forksafe import _forking
-from forksafe._errors import HostError, HostTimeoutError
-from forksafe._host.transport import sweep
+from forksafe._errors import HostCrashedError, HostError, HostTimeoutError
+from forksafe._host.client_connect import NotOurs, connect, first_request
+from forksafe._host.client_start import start_detached
+from forksafe._host.shm import sweep
 from forksafe._host.wire import (
-    TEMPLATE_COMMAND,
+    FIRST_RID,
     checkpoint,
     client_handshake,
     decode,
     peer_of,
+    raise_envelope,
     send_fd,
     set_timeouts,
-    start_detached,
 )
 
 __all__ = ["TreeHost"]
@@ -71,46 +74,40 @@ class _Templates:
     def after_fork_in_child(self) -> None:
         self.lock = threading.Lock()  # it may have crossed the fork held
 
-    def connect(self, timeout: float) -> tuple[Connection, int]:
-        """An authenticated connection to a new host of this tree's template, and its pid."""
+    def connect(self, load: bytes, timeout: float) -> tuple[Connection, int]:
+        """A new host of this tree's template, asked to run ``load``: its connection and pid."""
         deadline = time.monotonic() + timeout
         problems: list[str] = []
         for _attempt in range(_ATTEMPTS):
             address = self.address
-            remaining = max(deadline - time.monotonic(), 0.001)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                sock.settimeout(remaining)
-                sock.connect(address)
+                sock = connect(address, deadline, what="the model host template")
             except (ConnectionRefusedError, FileNotFoundError):
-                sock.close()
-                self._start(address, remaining)  # nobody serves it (yet, or any more)
+                # Nobody serves it (yet, or any more).
+                self._start(address, max(deadline - time.monotonic(), 0.001))
                 continue
-            except BaseException:
-                sock.close()
-                raise
+            except NotOurs as exc:
+                problems.append(f"its address was held by uid {exc.uid}")
+                self._abandon(address)
+                continue
             try:
-                owner = peer_of(sock).uid
-                if owner != os.getuid():
-                    problems.append(f"its address was held by uid {owner}")
-                    self._abandon(address)
-                    continue
-                sock.settimeout(None)
-                set_timeouts(sock, remaining)
+                server_pid = peer_of(sock).pid
                 conn = Connection(sock.detach())
             finally:
                 sock.close()
             try:
+                set_timeouts(conn.fileno(), max(deadline - time.monotonic(), 0.001))
                 checkpoint("client.handshake")
-                client_handshake(conn, self.key)
+                client_handshake(conn, self.key, server_pid)
+                # The host forked for us: our stderr, then the load, without waiting.
                 send_fd(conn, _stderr())
+                conn.send_bytes(load)
                 _hello, pid = decode(conn.recv_bytes(), 0)
-                set_timeouts(conn.fileno(), timeout)  # from now on, each wait of each call
-                return conn, int(pid)
             except AuthenticationError:
                 conn.close()
                 problems.append("a process of this user that is not our template held its address")
                 self._abandon(address)
+                continue
             except BlockingIOError:
                 conn.close()
                 raise HostTimeoutError(
@@ -119,9 +116,11 @@ class _Templates:
             except (EOFError, OSError):  # the template left as we came: start another
                 conn.close()
                 problems.append("the template exited during the handshake")
+                continue
             except BaseException:
                 conn.close()
                 raise
+            return conn, int(pid)
         raise HostError(f"could not reach a model host template: {'; '.join(problems)}")
 
     def _abandon(self, address: str) -> None:
@@ -140,7 +139,7 @@ class _Templates:
             # own start-up never looks in the directory).
             "sys_path": [p or os.getcwd() for p in sys.path],
         }
-        start_detached(TEMPLATE_COMMAND, config, timeout=timeout, what="the model host template")
+        start_detached("host_template", config, timeout=timeout, what="the model host template")
 
 
 def _stderr() -> int | None:
@@ -184,23 +183,55 @@ class TreeHost:
 
     owns_host = True  # retired by killing it: nobody else uses it
 
-    def __init__(self, loader: Callable[[], Any], preload: tuple[str, ...]) -> None:
+    def __init__(self, loader: Callable[[], Any], preload: tuple[str, ...], describe: str) -> None:
         self.loader = loader
         self.preload = preload
+        self.describe = describe
 
-    def open(self, timeout: float) -> tuple[Connection, int]:
-        """A connection to a new host, and the host's pid."""
+    def open(self, timeout: float) -> tuple[Connection, int, dict[str, Any]]:
+        """A connection to a new host that has loaded the model, its pid, and what it loaded."""
+        try:
+            load = first_request(("load", self.loader, self.describe))
+        except Exception as exc:
+            raise HostError(
+                f"cannot send the loader to a model host: {type(exc).__name__}: {exc}; "
+                "loaders and factories must be picklable (functions and classes defined at "
+                "module level in an importable module)"
+            ) from exc
         templates = _tree_templates(self.preload)
         if not templates.lock.acquire(timeout=timeout):
             raise HostTimeoutError(f"waited {timeout} s for another thread starting a host")
         try:
-            return templates.connect(timeout)
+            conn, pid = templates.connect(load, timeout)
         finally:
             templates.lock.release()
+        return conn, pid, self._loaded(conn, pid, timeout)
 
-    def first_request(self) -> tuple[Any, ...]:
-        """What a new host is asked first: to load the model."""
-        return ("load", self.loader)
+    @staticmethod
+    def _loaded(conn: Connection, pid: int, timeout: float) -> dict[str, Any]:
+        """The load's answer: what the host loaded, or its error (the host then stopped)."""
+        try:
+            set_timeouts(conn.fileno(), timeout)  # from now on, each wait of each call
+            checkpoint("client.sent")
+            status, payload = decode(conn.recv_bytes(), FIRST_RID)
+        except BaseException as exc:
+            TreeHost.abandon(conn, pid)
+            if isinstance(exc, BlockingIOError):
+                raise HostTimeoutError(
+                    f"the model host (pid {pid}) did not load the model within {timeout} s; "
+                    "it was stopped, and the next call starts a new one"
+                ) from None
+            if isinstance(exc, EOFError | OSError):
+                raise HostCrashedError(
+                    f"the model host process {pid} died during load (killed, out of memory, or "
+                    "crashed); the next call starts a new host"
+                ) from exc
+            raise
+        if status != "ok":
+            TreeHost.abandon(conn, pid)  # a host without a model is of no use
+            raise raise_envelope(payload, pid)
+        meta: dict[str, Any] = payload
+        return meta
 
     @staticmethod
     def abandon(conn: Connection, pid: int) -> None:
@@ -209,3 +240,6 @@ class TreeHost:
             os.kill(pid, signal.SIGKILL)
         conn.close()
         sweep(pid)
+
+    def release(self) -> None:
+        """Nothing to do: each connection is a host of its own."""
