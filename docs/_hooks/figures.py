@@ -154,6 +154,8 @@ FIGURES: dict[str, Callable[[Results], str]] = {
     "torch_hooks_none_us": section("torch_fork", "hooks_us", "no_framework"),
     "torch_hooks_imported_us": section("torch_fork", "hooks_us", "imported"),
     "torch_hooks_pool_us": section("torch_fork", "hooks_us", "pool_started"),
+    "torch_load_start": section("torch_fork", "loadavg_1min_start", fmt="{:.1f}"),
+    "torch_load_end": section("torch_fork", "loadavg_1min_end", fmt="{:.1f}"),
 }
 
 
