@@ -113,12 +113,12 @@ FIGURES: dict[str, Callable[[Results], str]] = {
     "celery_threads_proxy_ratio": section(
         "celery", "celery", "threads + forksafe", "ratio_to_threads_workaround", fmt="{:.2f}"
     ),
-    "celery_task_ms": section("celery", "celery", "solo", "latency_ms", "p50", fmt="{:.0f}"),
+    "celery_task_ms": section("celery", "celery", "solo", "latency_ms", "p50", fmt="{:.1f}"),
     # A pool whose master ran TensorFlow (benchmarks/pool_memory.py).
     "pool_model_mb": section("pool_memory", "pool_memory", "model_mb"),
     "pool_untouched_mb": section("pool_memory", "pool_memory", "untouched", "pss_total_mb"),
     "pool_poisoned_mb": section("pool_memory", "pool_memory", "poisoned", "pss_total_mb"),
-    "pool_ratio": section("pool_memory", "pool_memory", "ratio", fmt="{:.2f}"),
+    "pool_ratio": section("pool_memory", "pool_memory", "ratio", fmt="{:.3f}"),
     "pool_host_mb": _host_pss,
     # One model for many workers (benchmarks/shared.py, shared_knobs.py).
     "shared_model_mb": section(*SHARED, "model_mb"),
