@@ -75,7 +75,8 @@ def test_hosts_lists_each_shared_host_with_its_figures(
     assert seen["clients"] >= 1 and seen["pss_kb"] > 0 and os.path.exists(seen["log"])
     assert seen["source"] == "Recorder()" and seen["queue_wait_p99_ms"] >= 0
     assert _listed(hosts, forksafe.info(idle).host_pid)["calls"] == 1
-    through_info = forksafe.info(busy).host
+    assert forksafe.info(busy).host is None  # info() asks the host only when told to
+    through_info = forksafe.info(busy, host=True).host
     assert through_info is not None
     changing = ("uptime_s", "pss_kb")  # the rest is the same figure either way
     assert {k: v for k, v in through_info.items() if k not in changing} == {
