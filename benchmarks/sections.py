@@ -29,6 +29,13 @@ _SMALL_POOLS = (
 )  # fmt: skip
 
 
+# The same for one server kind (Celery) that takes no memory-alone switch.
+_SMALL_CELERY = (
+    "--workers", "2", "--hidden", "256", "--seconds", "1", "--warm", "0.5", "--rounds", "1",
+    "--settle", "0.5",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Section:
     """One benchmark section: its key in bench-results.json and how to run it."""
@@ -56,6 +63,7 @@ SECTIONS = (
         (*_SMALL_POOLS, "--alone", "0.5", "--grid", "8:0", "64:2"),
         timeout_s=1800.0,
     ),
+    Section("separate_server", "benchmarks.separate_server", _SMALL_CELERY, timeout_s=1800.0),
     Section("scaling", "benchmarks.scaling", ("--rounds", "2")),
     Section("jax", "benchmarks.jax_threads", ("--rounds", "1", "--calls", "10")),
     Section("torch_fork", "benchmarks.torch_fork", ("--calls", "5")),
