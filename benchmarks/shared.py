@@ -228,7 +228,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             target(
                 f"{label}: total PSS, shared host with batching / in-process",
                 row.get("pss_total_mb_ratio"),
-                0.6,
+                0.5,
                 "",
                 most=True,
             )
@@ -237,7 +237,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             target(
                 f"{label}: requests/s, shared host with batching / in-process",
                 row.get("requests_per_s_ratio"),
-                0.9,
+                1.2,
                 "",
                 most=False,
             )

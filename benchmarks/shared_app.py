@@ -48,13 +48,22 @@ class LitServeModel:
         import http.client
         import json
 
-        if self.conn is None or self.pid != os.getpid():  # a prefork child: its own
-            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-            self.pid = os.getpid()
         body = json.dumps({"rows": x.tolist()}).encode()
-        self.conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
-        response = self.conn.getresponse()
-        data = response.read()
+        for attempt in (1, 2):
+            if self.conn is None or self.pid != os.getpid():  # a prefork child: its own
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+                self.pid = os.getpid()
+            try:
+                self.conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                response = self.conn.getresponse()
+                data = response.read()
+                break
+            except (ConnectionError, http.client.RemoteDisconnected):
+                # The server closed an idle keep-alive connection: a new one, once.
+                self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    raise
         if response.status != 200:
             raise RuntimeError(f"LitServe answered HTTP {response.status}: {data[:300]!r}")
         return np.asarray(json.loads(data)["logits"], dtype="float32")

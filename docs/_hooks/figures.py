@@ -246,6 +246,7 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "engines_ray": _engine("ray"),
     "engines_spark": _engine("spark"),
     "torch_ways": from_results("A torch child of a parent whose thread pool started"),
+    "separate_server": from_results("A shared host beside a separate model server"),
 }
 
 
