@@ -33,8 +33,15 @@ def forksafe_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def two_hosts() -> Iterator[list[forksafe.ModelProxy]]:
-    """Two shared hosts of this test's own, one busier than the other."""
+def two_hosts(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[forksafe.ModelProxy]]:
+    """Two shared hosts in a runtime directory of this test's own, one busier than the other.
+
+    Its own directory: ``hosts stop --all`` must not stop other tests' hosts (or the
+    hosts of anything else this user runs), and the listing shows only these.
+    """
+    monkeypatch.setenv("FORKSAFE_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
     proxies = [
         forksafe.lazy_model(Recorder, uuid.uuid4().hex, isolation="shared", timeout=60)
         for _ in range(2)
