@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import build_model, median_ci, stop_session, summary, write_json
+from benchmarks._common import build_model, median_ci, stop_session, summary
+from benchmarks._render import emit, mmm, pyplot, skipped, target
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REDIS = os.environ.get("FSB_REDIS", "redis://127.0.0.1:6379/14")
@@ -188,6 +189,72 @@ def run_all(model: str, tasks: int, repeat: int, log_dir: str) -> dict[str, Any]
     return report
 
 
+def render(data: dict[str, Any]) -> list[str]:
+    """Throughput, latency and memory of each worker, for RESULTS.md."""
+    celery = data["celery"]
+    out = ["## Celery on Redis (`benchmarks/celery_pools.py`)", ""]
+    if "skipped" in celery:
+        return out + skipped(celery)
+    out += [
+        "Mixed task (`benchmarks/celery_app.py`): 64 signals of 1024 samples → numpy FFT",
+        "and Python-level feature code → `predict_on_batch` (Dense 64→256→256→10) →",
+        "softmax and top-3 as plain Python. Worker slots: 2 (`solo`: 1).",
+        "",
+        "Ratios are the median of per-round ratios, with a bootstrap 95 % interval.",
+        "",
+        "| worker | tasks/s | ratio to threads workaround | p50 ms | p99 ms | RSS per process MB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, row in celery.items():
+        rss = " + ".join(f"{mb:.0f}" for mb in row["rss_mb"].values())
+        out.append(
+            f"| {name} | {mmm(row['tasks_per_s'])} | "
+            f"{row['ratio_to_threads_workaround']:.2f} ({row['ratio_ci95'][0]:.2f}-"
+            f"{row['ratio_ci95'][1]:.2f}) | {row['latency_ms']['p50']:.1f} | "
+            f"{row['latency_ms']['p99']:.1f} | {rss} |"
+        )
+    return out
+
+
+def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Prefork with forksafe serves more tasks than the report's thread-pool workaround."""
+    prefork = data.get("celery", {}).get("prefork + forksafe")
+    return [
+        target(
+            "Celery prefork + forksafe / threads workaround, tasks/s",
+            prefork and prefork["ratio_to_threads_workaround"],
+            1.5,
+            "",
+            most=False,
+            interval=prefork and prefork["ratio_ci95"],
+        )
+    ]
+
+
+def plots(data: dict[str, Any], out: str) -> list[tuple[str, str]]:
+    """celery.png: latency and throughput by worker (nothing without matplotlib)."""
+    celery = data["celery"]
+    plt = pyplot()
+    if plt is None or "skipped" in celery:
+        return []
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(celery)
+    left.boxplot(
+        [celery[n]["latencies_ms"] for n in names], vert=False, whis=(1, 99), showfliers=False
+    )
+    left.set_yticks(range(1, len(names) + 1), names)
+    left.set_xlabel("send → finish, ms (whiskers p1-p99)")
+    left.set_title("Celery task latency, one task in flight per slot")
+    right.barh(names, [celery[n]["tasks_per_s"]["median"] for n in names])
+    right.set_yticks(range(len(names)), [""] * len(names))
+    right.set_xlabel("tasks/s (median of bursts)")
+    right.set_title("Celery throughput, Redis broker")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "celery.png"), dpi=90)
+    plt.close(fig)
+    return [("Celery: latency and throughput by pool", "celery.png")]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every configuration and print a table."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -199,26 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         reason = f"no Redis server at {REDIS}"
         if os.environ.get("CI") == "true":
             raise SystemExit(f"celery benchmark: {reason}")
-        print(f"celery benchmark skipped: {reason}")
-        write_json(args.json, {"celery": {"skipped": reason}})
+        emit(args.json, {"celery": {"skipped": reason}}, render)
         return 0
     with tempfile.TemporaryDirectory() as directory:
         model = build_model(directory, "celery.keras", inputs=64, hidden=(256, 256), outputs=10)
         report = run_all(model, args.tasks, args.repeat, directory)
     base = report["threads (report's workaround)"]["bursts_tasks_per_s"]
-    for name, row in report.items():
+    for row in report.values():
         # Median of the per-round ratios: each round's bursts ran minutes apart at most.
         ratios = [r / b for r, b in zip(row["bursts_tasks_per_s"], base, strict=True)]
         row["ratio_to_threads_workaround"] = statistics.median(ratios)
         row["ratio_ci95"] = median_ci(ratios)
-        print(
-            f"{name:<32}{row['tasks_per_s']['median']:>8.1f} tasks/s  "
-            f"p50 {row['latency_ms']['p50']:6.1f} ms  p99 {row['latency_ms']['p99']:6.1f} ms  "
-            f"RSS {row['rss_total_mb']:.0f} MB in {len(row['rss_mb'])} processes  "
-            f"(x{row['ratio_to_threads_workaround']:.2f}, "
-            f"{row['ratio_ci95'][0]:.2f}-{row['ratio_ci95'][1]:.2f})"
-        )
-    write_json(args.json, {"celery": report})
+    emit(args.json, {"celery": report}, render)
     return 0
 
 

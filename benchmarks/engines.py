@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import build_model, write_json
+from benchmarks._common import build_model
+from benchmarks._render import emit
 
 ENGINES = ("dask", "ray", "spark")
 WAYS = ("naive", "hand-written", "forksafe")
@@ -234,18 +235,13 @@ def main(argv: list[str] | None = None) -> int:
             totals = {round(row["total"], 2) for row in rows.values()}
             if len(totals) != 1:  # the three ways must compute the same answers
                 raise SystemExit(f"{engine}: the ways disagree: {totals}")
-    write_json(options.json, report)
+    emit(options.json, report, render)
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-
-def markdown(section: dict[str, Any]) -> list[str]:
-    """The section's table for RESULTS.md."""
+def render(section: dict[str, Any]) -> list[str]:
+    """Loads, bytes per task and time of each way on each engine, for RESULTS.md."""
     out = [
-        "",
         "## Dask, Ray and Spark (`benchmarks/engines.py`)",
         "",
         f"{section['batches']} batches of {section['rows']} rows scored by a "
@@ -280,3 +276,7 @@ def markdown(section: dict[str, Any]) -> list[str]:
                 f"{row['seconds']:.1f} | {row['seconds'] / base:.2f} |"
             )
     return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

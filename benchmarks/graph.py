@@ -14,12 +14,11 @@ import os
 import tempfile
 from typing import Any
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before anything imports TensorFlow
-
 import numpy as np
 
 import forksafe
-from benchmarks._common import build_legacy_model, compare, write_json
+from benchmarks._common import build_legacy_model, compare
+from benchmarks._render import OVERHEAD_HEADER, emit, overhead_rows
 
 
 def graph_overhead(path: str, rounds: int, calls: int) -> dict[str, Any]:
@@ -59,6 +58,21 @@ def graph_overhead(path: str, rounds: int, calls: int) -> dict[str, Any]:
     }
 
 
+def render(data: dict[str, Any]) -> list[str]:
+    """TF1 graph mode's cost per call, for RESULTS.md."""
+    return [
+        "## TF1 graph mode per call (`benchmarks/graph.py`)",
+        "",
+        "A `tf_keras` Dense 4→8→3 with eager execution disabled, batch 8: its bare baseline",
+        "called from the thread whose default graph holds it (no re-entry), and a hand-written",
+        "`with graph.as_default(), session.as_default():` as the threads workaround does.",
+        "Ratios as in the proxy overhead table.",
+        "",
+        *OVERHEAD_HEADER,
+        *overhead_rows(data["graph_mode"], "TF1 graph"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the graph-mode benchmark and print it."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -66,16 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--json", default=None)
     args, _ = parser.parse_known_args(argv)
+    # Here, not at import (the runner imports this module to render it), and before
+    # anything imports TensorFlow.
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
     with tempfile.TemporaryDirectory() as directory:
         report = {
             "graph_mode": graph_overhead(build_legacy_model(directory), args.rounds, args.calls)
         }
-    for name, row in report["graph_mode"].items():
-        print(
-            f"TF1 graph {name}: bare {row['bare_us']['median']:.1f} µs, proxy "
-            f"{row['proxy_us']['median']:.1f} µs, ratio {row['ratio']:.3f}"
-        )
-    write_json(args.json, report)
+    emit(args.json, report, render)
     return 0
 
 

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 import forksafe
-from benchmarks._common import Echo, build_model, per_call, summary, write_json
+from benchmarks._common import Echo, build_model, per_call, summary
+from benchmarks._render import emit, mmm, target
 
 
 def _spawned_ready(conn: Any) -> None:
@@ -180,6 +181,57 @@ def throughput(rounds: int) -> dict[str, Any]:
     return results
 
 
+def render(data: dict[str, Any]) -> list[str]:
+    """Start, per-call and throughput figures of a host, for RESULTS.md."""
+    st, pc = data["start"], data["per_call"]
+    out = [
+        "## Out-of-process host (`benchmarks/host.py`)",
+        "",
+        "| figure | value | baseline in the same run |",
+        "| --- | --- | --- |",
+        f"| first host (template start, Keras import, load) | "
+        f"{st['first_host_with_template_s']:.2f} s | spawned process importing Keras: "
+        f"{mmm(st['spawn_import_keras_s'], fmt='.2f')} s |",
+        f"| later host, model load included | {mmm(st['later_host_with_load_s'], fmt='.3f')} s"
+        f" | ratio to spawn {st['ratio_later_host_vs_spawn']:.3f} |",
+        f"| later host, no model | {mmm(st['later_host_without_model_s'], 1e3)} ms | |",
+        f"| no-op method round trip | {mmm(pc['noop_round_trip_us'])} µs | |",
+        f"| same round trip while the host spins {pc['busy_for_s'] * 1e6:.0f} µs (as long "
+        f"as the call below), beyond that time | {mmm(pc['busy_round_trip_extra_us'])} µs "
+        "| no-op round trip above |",
+        f"| `predict_on_batch` (Dense, batch 8) | {mmm(pc['host_us'])} µs | in-process "
+        f"{mmm(pc['inprocess_us'])} µs: {pc['added_us']:+.0f} µs |",
+        f"| same, in-process right after an idle wait (as a host always is) | "
+        f"{mmm(pc['inprocess_after_wait_us'])} µs | tight loop above |",
+        f"| same, through a hand-written spawned server on a `multiprocessing` pipe | "
+        f"{mmm(pc['raw_server_us'])} µs | the host adds {pc['added_vs_raw_server_us']:+.0f} µs"
+        " to it |",
+    ]
+    for size, row in data["throughput"].items():
+        out.append(
+            f"| {size} array round trip | {mmm(row['seconds'], 1e3)} ms, "
+            f"{row['MB_per_s']:.0f} MB/s | |"
+        )
+    return [*out, "", "MB/s counts bytes sent plus bytes received."]
+
+
+def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """A later host starts fast, adds little to a small call and moves big arrays fast."""
+    start, call = data.get("start"), data.get("per_call")
+    big = data.get("throughput", {}).get("64MB")
+    return [
+        target(
+            "later host start (model load included)",
+            start and start["later_host_with_load_s"]["median"],
+            0.3,
+            " s",
+            most=True,
+        ),
+        target("host added latency, small call", call and call["added_us"], 150, " µs", most=True),
+        target("host 64 MB round trip", big and big["MB_per_s"] / 1000, 1.0, " GB/s", most=False),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the host benchmarks and print a summary."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -194,34 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_call": per_call_cost(path, args.rounds, args.calls),
             "throughput": throughput(args.rounds),
         }
-    s, c = report["start"], report["per_call"]
-    print(
-        f"first host (template start + keras import + load): "
-        f"{s['first_host_with_template_s']:.2f} s"
-    )
-    print(
-        f"later host incl. model load: {s['later_host_with_load_s']['median']:.3f} s; "
-        f"without a model: {s['later_host_without_model_s']['median'] * 1e3:.1f} ms; "
-        f"spawned process importing keras: {s['spawn_import_keras_s']['median']:.2f} s "
-        f"(ratio later/spawn {s['ratio_later_host_vs_spawn']:.3f})"
-    )
-    print(
-        f"predict_on_batch: in-process {c['inprocess_us']['median']:.0f} µs, through host "
-        f"{c['host_us']['median']:.0f} µs, added {c['added_us']:.0f} µs; no-op round trip "
-        f"{c['noop_round_trip_us']['median']:.0f} µs; while the host is busy as long as a "
-        f"call: +{c['busy_round_trip_extra_us']['median']:.0f} µs; in-process after an idle wait "
-        f"{c['inprocess_after_wait_us']['median']:.0f} µs; unexplained {c['unexplained_us']:.0f} µs"
-    )
-    print(
-        f"hand-written pipe server: {c['raw_server_us']['median']:.0f} µs; the host adds "
-        f"{c['added_vs_raw_server_us']:.0f} µs to it"
-    )
-    for size, row in report["throughput"].items():
-        print(
-            f"{size:>5} round trip: {row['seconds']['median'] * 1e3:.1f} ms, "
-            f"{row['MB_per_s']:.0f} MB/s"
-        )
-    write_json(args.json, report)
+    emit(args.json, report, render)
     return 0
 
 

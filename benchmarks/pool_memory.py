@@ -25,7 +25,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks._common import build_model, marked, stop_session, write_json
+from benchmarks._common import build_model, marked, stop_session
+from benchmarks._render import emit, skipped, target
 from benchmarks.celery_pools import REDIS, redis_available
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,6 +123,49 @@ def measure(hold: str, children: int, model: str, log_dir: str) -> dict[str, Any
     }
 
 
+def render(data: dict[str, Any]) -> list[str]:
+    """Both pools' total PSS and their ratio, for RESULTS.md."""
+    memory = data["pool_memory"]
+    out = ["## Memory of a pool whose master ran TensorFlow (`benchmarks/pool_memory.py`)", ""]
+    if "skipped" in memory:
+        return out + skipped(memory)
+    out += [
+        f"Celery `prefork -c {memory['children']}` on Redis, a Dense model of "
+        f"{memory['model_mb']:.0f} MB, every child answered; total PSS (shared pages "
+        "split among the processes that map them) of the master, its children and, "
+        "with a poisoned master, the template and the hosts.",
+        "",
+        "| master | processes | total PSS MB |",
+        "| --- | --- | --- |",
+    ]
+    for key, label in (("untouched", "untouched"), ("poisoned", "ran a TF op at import")):
+        row = memory[key]
+        kinds = ", ".join(f"{n} {k}" for k, n in row["processes"].items())
+        out.append(f"| {label} | {kinds} | {row['pss_total_mb']:.0f} |")
+    return [*out, "", f"Ratio poisoned / untouched: {memory['ratio']:.3f}."]
+
+
+def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """A poisoned master's pool needs one template and about the memory of an untouched one."""
+    memory = data.get("pool_memory", {})
+    return [
+        target(
+            "Celery prefork -c 4, master ran TF: templates",
+            memory.get("templates"),
+            1,
+            "",
+            most=True,
+        ),
+        target(
+            "same pool: total PSS / untouched-master pool",
+            memory.get("ratio"),
+            1.15,
+            "",
+            most=True,
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure both pools and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -133,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         reason = f"no Redis server at {REDIS}"
         if os.environ.get("CI") == "true":
             raise SystemExit(f"pool memory benchmark: {reason}")
-        print(f"pool memory benchmark skipped: {reason}")
-        write_json(args.json, {"pool_memory": {"skipped": reason}})
+        emit(args.json, {"pool_memory": {"skipped": reason}}, render)
         return 0
     with tempfile.TemporaryDirectory() as directory:
         model = build_model(
@@ -152,13 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratio": ratio,
         "templates": poisoned["processes"].get("template", 0),
     }
-    for row in (untouched, poisoned):
-        print(
-            f"{row['hold']:<16} total PSS {row['pss_total_mb']:8.1f} MB  processes "
-            f"{row['processes']}"
-        )
-    print(f"poisoned / untouched: {ratio:.3f} (model file {size_mb:.0f} MB)")
-    write_json(args.json, {"pool_memory": report})
+    emit(args.json, {"pool_memory": report}, render)
     return 0
 
 

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 import forksafe
-from benchmarks._common import Echo, build_model, compare, summary, write_json
+from benchmarks._common import Echo, build_model, compare, summary
+from benchmarks._render import emit, mmm, pyplot
 from forksafe import _forking
 
 COUNTS = (1, 10, 100)
@@ -137,6 +138,65 @@ def threads_on_one_proxy(path: str, rounds: int, calls: int) -> dict[str, Any]:
     return results
 
 
+def render(data: dict[str, Any]) -> list[str]:
+    """Cost per call and per fork by live proxies, and threads on one proxy, for RESULTS.md."""
+    out = [
+        "## Scaling (`benchmarks/scaling.py`)",
+        "",
+        "| live proxies | method call, bare ns | through a proxy ns | added ns |",
+        "| --- | --- | --- | --- |",
+    ]
+    for count, row in data["per_call_by_live_proxies"].items():
+        out.append(
+            f"| {count} | {row['bare_us']['median'] * 1e3:.0f} | "
+            f"{row['proxy_us']['median'] * 1e3:.0f} | {row['added_ns']:.0f} |"
+        )
+    out += [
+        "",
+        "| live proxies | parent hooks µs | child hook µs | fork → child running µs |",
+        "| --- | --- | --- | --- |",
+    ]
+    for count, row in data["fork_hooks"].items():
+        out.append(
+            f"| {count} | {mmm(row['parent_hooks_us'])} | {mmm(row['child_hook_us'])} | "
+            f"{mmm(row['fork_to_child_running_us'], fmt='.0f')} |"
+        )
+    out += [
+        "",
+        "| threads on one model | bare calls/s | proxy calls/s | ratio |",
+        "| --- | --- | --- | --- |",
+    ]
+    for threads, row in data["threads"].items():
+        out.append(
+            f"| {threads} | {mmm(row['bare_calls_per_s'], fmt='.0f')} | "
+            f"{mmm(row['proxy_calls_per_s'], fmt='.0f')} | {row['ratio']:.3f} |"
+        )
+    return out
+
+
+def plots(data: dict[str, Any], out: str) -> list[tuple[str, str]]:
+    """threads.png: calls/s of threads sharing one model (nothing without matplotlib)."""
+    plt = pyplot()
+    if plt is None:
+        return []
+    threads = data["threads"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    counts = [int(n) for n in threads]
+    for key, label in (("bare_calls_per_s", "bare model"), ("proxy_calls_per_s", "proxy")):
+        ax.plot(counts, [threads[str(n)][key]["median"] for n in counts], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(n) for n in counts])
+    ax.set_xlabel("threads calling one model")
+    ax.set_ylabel("predict_on_batch calls/s")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    ax.set_title("Threads sharing one proxy")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "threads.png"), dpi=90)
+    plt.close(fig)
+    return [("Threads sharing one proxy", "threads.png")]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the scaling benchmarks and print them."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -151,20 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_call_by_live_proxies": per_call_by_count(args.rounds, 20000),
             "threads": threads_on_one_proxy(path, args.rounds, 100),
         }
-    for count, row in report["per_call_by_live_proxies"].items():
-        print(f"{count:>4} live proxies: call +{row['added_ns']:.0f} ns (ratio {row['ratio']:.2f})")
-    for count, row in report["fork_hooks"].items():
-        print(
-            f"{count:>4} proxies: parent hooks {row['parent_hooks_us']['median']:.1f} µs, "
-            f"child hook {row['child_hook_us']['median']:.1f} µs, fork -> child running "
-            f"{row['fork_to_child_running_us']['median']:.0f} µs"
-        )
-    for threads, row in report["threads"].items():
-        print(
-            f"{threads} threads: bare {row['bare_calls_per_s']['median']:.0f}/s, proxy "
-            f"{row['proxy_calls_per_s']['median']:.0f}/s, ratio {row['ratio']:.3f}"
-        )
-    write_json(args.json, report)
+    emit(args.json, report, render)
     return 0
 
 

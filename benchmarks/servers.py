@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import build_model, stop_marked, write_json
+from benchmarks._common import build_model, stop_marked
+from benchmarks._render import emit, target
 from benchmarks.celery_pools import REDIS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -339,8 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 report[kind] = {
                     v: http_run(kind, v, path, args.requests, tmp, ref) for v in VARIANTS[kind]
                 }
-    print(json.dumps(report, indent=2))
-    write_json(args.json, {"servers": report})
+    emit(args.json, report, render)
     return 0
 
 
@@ -355,14 +355,12 @@ _LABELS = {"rq": "RQ (preloading worker)", "uwsgi": "uWSGI preforking, 2 workers
            "recycling": "gunicorn -w 2 sync"}  # fmt: skip
 
 
-def targets(section: dict[str, Any] | None) -> list[dict[str, Any]]:
+def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The servers' targets: RQ shared vs SimpleWorker; every request answered, none slower."""
-    from benchmarks.report import _target
-
-    s = (section or {}).get("servers", {})
+    s = data
     rq = s.get("rq", {})
     rows = [
-        _target(
+        target(
             "RQ horse per job, isolation='shared' / SimpleWorker, wall time per job",
             rq.get("ratio_shared_to_simple"),
             1.1,
@@ -374,12 +372,12 @@ def targets(section: dict[str, Any] | None) -> list[dict[str, Any]]:
         # forksafe's own variants; the naive app and the bare-model workarounds are baselines.
         runs = {k: v for k, v in s.get(kind, {}).items() if k in ("default", "shared")}
         missed = sum(r["requests"] - r["answered"] for r in runs.values()) if runs else None
-        rows.append(_target(f"{_LABELS[kind]}: requests not answered", missed, 0, "", most=True))
+        rows.append(target(f"{_LABELS[kind]}: requests not answered", missed, 0, "", most=True))
         worst = [r.get("ratio_slowest_to_first_load") for r in runs.values()]
         value = max((w for w in worst if w is not None), default=None) if runs else None
         # A request queued behind a worker's load takes that load plus its own call.
         rows.append(
-            _target(f"{_LABELS[kind]}: slowest request / slowest first load", value, 1.05, "",
+            target(f"{_LABELS[kind]}: slowest request / slowest first load", value, 1.05, "",
                     most=True)
         )  # fmt: skip
     return rows
@@ -390,9 +388,9 @@ def _cell(row: dict[str, Any], key: str, scale: float = 1.0, fmt: str = ".0f") -
     return "-" if value is None else f"{value * scale:{fmt}}"
 
 
-def markdown(section: dict[str, Any]) -> list[str]:
-    """RESULTS.md's servers section."""
-    s = section.get("servers", {})
+def render(data: dict[str, Any]) -> list[str]:
+    """RESULTS.md's servers section (and what ``main`` prints)."""
+    s = data
     out = ["", "## Servers and queues (`benchmarks/servers.py`)", ""]
     rq = s.get("rq")
     if rq:

@@ -43,7 +43,8 @@ class Pool:
     log: str
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port on 127.0.0.1 that nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -63,7 +64,7 @@ def pool(
             "--without-mingle", "--without-heartbeat", "--loglevel=WARNING",
         ]  # fmt: skip
     else:
-        target = str(_free_port())
+        target = str(free_port())
         args = [
             "gunicorn", "-w", str(workers), "-k", "sync", "-b", f"127.0.0.1:{target}",
             "--timeout", "300", f"{app}:app",

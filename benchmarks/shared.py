@@ -41,7 +41,8 @@ import uuid
 from typing import Any
 
 from benchmarks import serving
-from benchmarks._common import build_model, marked, summary, write_json
+from benchmarks._common import build_model, marked, summary
+from benchmarks._render import emit, mmm, ratios, target
 from benchmarks.celery_pools import REDIS, redis_available
 
 KINDS = ("celery", "gunicorn")
@@ -168,6 +169,82 @@ def forget_hosts(directory: str) -> None:
                 os.unlink(path[: -len(".log")] + suffix)
 
 
+def render(data: dict[str, Any]) -> list[str]:
+    """Memory and time of each pool, in-process and shared, for RESULTS.md."""
+    pools = data["shared"]
+    out = [
+        "## One model for many workers (`benchmarks/shared.py`)",
+        "",
+        f"Dense 64→{pools['hidden']}→{pools['hidden']}→10, {pools['model_mb']:.0f} MB "
+        f"`.keras`, served by "
+        f"{pools['workers']} workers: Celery `prefork` on Redis and gunicorn `sync` over HTTP "
+        "on 127.0.0.1 (`benchmarks/shared_app.py`: rows → `predict_on_batch` → top 3). "
+        '*in-process*: each worker loads the model; *shared*: `isolation="shared"`, one '
+        "host for the pool, with the default batching or `max_batch=1`. Memory: total PSS "
+        "of all the pool's processes (master, workers, shared host) "
+        + (
+            f"with the pool alone, after {pools['settle_s']:g} s of load. "
+            if pools.get("memory_alone", True)
+            else "**after the time phase, with the three pools of a server alive at once "
+            "and sharing library pages: not comparable**. "
+        )
+        + "Time: the three pools of a server alive at once "
+        f"and loaded in turn, {pools['rounds']} rounds of {pools['seconds']:g} s slices "
+        f"rotating the order; a closed loop of {pools['clients']} requests in flight "
+        f"({pools['rows']} rows each; HTTP client threads, or a window of Celery tasks). "
+        "Latency: send → answer (Celery: send → the task's finish). Throughput ratio: "
+        "median of the per-round ratios to *in-process*. Load average (1 min) "
+        f"{pools['loadavg_1min_start']:.1f} at the start, {pools['loadavg_1min_end']:.1f} at "
+        f"the end, {pools.get('cpus', '?')} CPUs.",
+        "",
+        "| server | configuration | processes | total PSS MB | PSS by role MB | PSS ratio "
+        "| requests/s | throughput ratio (per round) | p50 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for kind in KINDS:
+        for name, row in pools.get(kind, {}).items():
+            kinds = ", ".join(f"{n} {k}" for k, n in sorted(row["processes"].items()))
+            roles = ", ".join(f"{k} {v:.0f}" for k, v in row["pss_by_role_mb"].items())
+            out.append(
+                f"| {kind} | {name} | {kinds} | {row['pss_total_mb']:.0f} | {roles} | "
+                f"{row['pss_total_mb_ratio']:.2f} | {mmm(row['requests_per_s'])} | "
+                f"{row['requests_per_s_ratio']:.2f} ({ratios(row['requests_per_s_ratios'])}) "
+                f"| {mmm(row['p50_ms'])} | {mmm(row['p99_ms'])} |"
+            )
+    return out
+
+
+def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """A shared host with batching: well under the memory of in-process, at least its speed."""
+    shared = data.get("shared", {})
+    workers = shared.get("workers", 4)
+    rows = []
+    for kind, label in (
+        ("celery", f"Celery prefork -c {workers}"),
+        ("gunicorn", f"gunicorn -w {workers} sync"),
+    ):
+        row = shared.get(kind, {}).get(BATCHED, {})
+        rows.append(
+            target(
+                f"{label}: total PSS, shared host with batching / in-process",
+                row.get("pss_total_mb_ratio"),
+                0.5,
+                "",
+                most=True,
+            )
+        )
+        rows.append(
+            target(
+                f"{label}: requests/s, shared host with batching / in-process",
+                row.get("requests_per_s_ratio"),
+                1.2,
+                "",
+                most=False,
+            )
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure the pools and print the comparison."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -224,13 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             forget_hosts(directory)
     report["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
-    for kind in kinds:
-        row = report[kind][BATCHED]
-        print(
-            f"{kind}: shared+batching / in-process: PSS x{row['pss_total_mb_ratio']:.3f}, "
-            f"throughput x{row['requests_per_s_ratio']:.3f}"
-        )
-    write_json(args.json, {"shared": report})
+    emit(args.json, {"shared": report}, render)
     return 0
 
 

@@ -27,7 +27,8 @@ import tempfile
 from typing import Any
 
 from benchmarks import serving
-from benchmarks._common import build_model, summary, write_json
+from benchmarks._common import build_model, summary
+from benchmarks._render import emit, mmm
 from benchmarks.shared import forget_hosts
 
 # max_wait_ms at the pools' load (4 rows a request), max_batch at 16 rows a
@@ -90,6 +91,34 @@ def _group(points: list[str], model: str, args: Any, log_dir: str) -> dict[str, 
     }
 
 
+def render(data: dict[str, Any]) -> list[str]:
+    """Requests/s and latency at each point of the grid, for RESULTS.md."""
+    knobs = data["shared_knobs"]
+    out = [
+        "## Shared host batching knobs (`benchmarks/shared_knobs.py`)",
+        "",
+        f"gunicorn, {knobs['workers']} sync workers, one shared host per configuration; the "
+        "configurations with the same rows per request run at once and are loaded in turn, "
+        f"{knobs['rounds']} rounds rotating the order. Under load: {knobs['clients']} requests "
+        f"in flight, {knobs['seconds']:g} s counted; alone: one request at a time, "
+        f"{knobs['alone_seconds']:g} s. At most {knobs['workers']} x (rows per request) rows "
+        "can wait at once: a `max_batch` above that cannot change anything. Load average "
+        f"(1 min) {knobs['loadavg_1min_start']:.1f} at the start, "
+        f"{knobs['loadavg_1min_end']:.1f} at the end.",
+        "",
+        "| rows per request | max_batch | max_wait_ms | requests/s | p50 ms | p99 ms "
+        "| alone: p50 ms | alone: p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in knobs["grid"].values():
+        out.append(
+            f"| {row['rows']} | {row['max_batch']} | {row['max_wait_ms']:g} | "
+            f"{mmm(row['requests_per_s'])} | {mmm(row['p50_ms'])} | {mmm(row['p99_ms'])} "
+            f"| {mmm(row['alone_p50_ms'])} | {mmm(row['alone_p99_ms'])} |"
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Measure every point of the grid and print it."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -126,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             forget_hosts(directory)
     report["loadavg_1min_end"] = round(os.getloadavg()[0], 2)
-    write_json(args.json, {"shared_knobs": report})
+    emit(args.json, {"shared_knobs": report}, render)
     return 0
 
 

@@ -27,14 +27,7 @@ def load_model(
 
     Nothing is loaded and no framework is imported until the proxy is used
     (``bool``, ``hash``, ``==``, ``repr``, pickling and shipping it to Dask,
-    Ray or Spark never load). The first use may be anywhere, also inside a
-    ``tf.function`` or a Keras layer: the model loads as from a plain frame.
-
-    Copying and pickling: ``copy.copy``/``copy.deepcopy`` of a model loaded in
-    this process keep its weights as they are in memory, as the model's own
-    copies do. Pickling ships the source, not the model: weights changed in
-    memory do not travel, and the receiver loads the file. Two unpickles of
-    the same source in one process are the same proxy, sharing one model.
+    Ray or Spark never load); see [`ModelProxy`][forksafe.ModelProxy].
 
     Args:
         source: path to a ``.keras`` file, an ``.h5``/``.hdf5`` file or a
@@ -46,19 +39,15 @@ def load_model(
             With Keras 3 a SavedModel directory is wrapped in
             ``keras.layers.TFSMLayer`` inside a ``keras.Sequential``
             (inference only: ``predict``, ``predict_on_batch``, ``__call__``).
-        isolation: where the model runs. ``"inprocess"``: in this process;
-            in a fork child of a process that had started a framework
-            runtime, use raises
-            [`InheritedRuntimeError`][forksafe.InheritedRuntimeError] at once
-            instead of hanging. ``"process"``: always in a host process of
-            its own. ``"auto"`` (default): in this process where it can run
-            there, else in a host process, with a
-            [`ForkSafeWarning`][forksafe.ForkSafeWarning] (once per process)
-            saying why. ``"shared"``: in one host process that every process
-            of this user with the same model, options and environment shares
-            (all the workers of a pool, and unrelated processes too), which
-            joins concurrent calls into batches; see the guide "One model for
-            many workers". Not given: ``FORKSAFE_ISOLATION``, else ``"auto"``.
+        isolation: where the model runs (see [`Isolation`][forksafe.Isolation]
+            and the guide "Which isolation?"): ``"auto"`` in this process
+            where it can run there, else in a host process of its own with a
+            [`ForkSafeWarning`][forksafe.ForkSafeWarning]; ``"inprocess"``
+            here, or [`InheritedRuntimeError`][forksafe.InheritedRuntimeError]
+            at once where it cannot run here; ``"process"`` always in a host
+            of its own; ``"shared"`` in the one host that this user's
+            processes share for this model and environment, which batches
+            their calls. Not given: ``FORKSAFE_ISOLATION``, else ``"auto"``.
         timeout: seconds that any one wait on a host may take (starting it,
             loading, each call; default 120); on expiry the host is stopped
             and [`HostTimeoutError`][forksafe.HostTimeoutError] raised.
@@ -70,7 +59,7 @@ def load_model(
             for others to join it (not given: ``FORKSAFE_MAX_WAIT_MS``, else
             5 ms).
         **load_kwargs: passed to the loader (``custom_objects``, ``compile``,
-            ``safe_mode`` ...; Keras' ``safe_mode`` stays on by default).
+            ``safe_mode`` ...; Keras' ``safe_mode`` stays on).
 
     Raises:
         TypeError: ``source`` is not a path, or ``loader`` is not callable.
@@ -80,6 +69,12 @@ def load_model(
             ``FORKSAFE_*`` environment variable holds an invalid value (the
             message names it).
     """
+    source_ = Source(path=_checked_path(source), loader=_checked_loader(loader), kwargs=load_kwargs)
+    return ModelProxy(make_options(source_, isolation, timeout, max_batch, max_wait_ms))
+
+
+def _checked_path(source: Any) -> str:
+    """``source`` as an absolute path, or the TypeError/ValueError that says what to pass."""
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             "source must be a path (str or os.PathLike) to a .keras or .h5 file or a "
@@ -91,10 +86,13 @@ def load_model(
         raise TypeError(f"source must be a text path, got {type(path).__name__}")
     if not path:
         raise ValueError("source is an empty path")
+    return os.path.abspath(path)
+
+
+def _checked_loader(loader: Any) -> Callable[..., Any] | None:
     if loader is not None and not callable(loader):
         raise TypeError(f"loader must be callable, got {type(loader).__name__}")
-    source_ = Source(path=os.path.abspath(path), loader=loader, kwargs=load_kwargs)
-    return ModelProxy(make_options(source_, isolation, timeout, max_batch, max_wait_ms))
+    return loader  # type: ignore[no-any-return]
 
 
 def lazy_model(

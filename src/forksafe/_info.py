@@ -38,7 +38,8 @@ class ProxyInfo:
             proxy ``max_batch`` and ``max_wait_ms``) as ``(value, origin)``,
             where origin is ``"argument"``, ``"environment FORKSAFE_..."`` or
             ``"default"``.
-        host: a shared host's own figures, as ``forksafe hosts`` shows them
+        host: with ``info(proxy, host=True)``, a shared host's own figures, as
+            ``forksafe hosts`` shows them
             (``pid``, ``source``, ``state``, ``clients``, ``calls``,
             ``batches``, ``mean_rows_per_batch``, ``queue_wait_p50_ms``,
             ``queue_wait_p99_ms``, ``uptime_s``, ``pss_kb``, ``log``,
@@ -62,8 +63,13 @@ class ProxyInfo:
     host: Mapping[str, Any] | None = None
 
 
-def info(proxy: ModelProxy) -> ProxyInfo:
-    """Describe ``proxy`` in this process; never loads the model."""
+def info(proxy: ModelProxy, *, host: bool = False) -> ProxyInfo:
+    """Describe ``proxy`` in this process; never loads the model.
+
+    With ``host=True``, a shared proxy's host is also asked for its own
+    figures (``ProxyInfo.host``), over a short connection of its own;
+    without it, ``info`` does no I/O at all.
+    """
     if not isinstance(proxy, ModelProxy):
         raise TypeError(f"info() takes a forksafe.ModelProxy, got {type(proxy).__name__}")
     # Read the proxy's own state directly: ``proxy.x`` could forward and load.
@@ -90,5 +96,5 @@ def info(proxy: ModelProxy) -> ProxyInfo:
         generation=_forking.generation,
         host_log=meta.get("log"),
         settings=options.settings(),
-        host=remote.host_stats() if remote is not None else None,
+        host=remote.host_stats() if host and remote is not None else None,
     )

@@ -37,6 +37,16 @@ def inject(**models: str | os.PathLike[str] | ModelProxy) -> Callable[[F], F]:
         TypeError: no models named, a value that is neither a path nor a
             proxy, or a name the function cannot take as a keyword.
     """
+    proxies = _proxies(models)
+
+    def decorate(fn: F) -> F:
+        return _wrap(fn, proxies)  # type: ignore[return-value]
+
+    return decorate
+
+
+def _proxies(models: dict[str, str | os.PathLike[str] | ModelProxy]) -> dict[str, ModelProxy]:
+    """A proxy for each name: the one given, or one of the path given."""
     if not models:
         raise TypeError("inject() needs at least one name=model keyword")
     proxies: dict[str, ModelProxy] = {}
@@ -50,40 +60,39 @@ def inject(**models: str | os.PathLike[str] | ModelProxy) -> Callable[[F], F]:
                 f"inject({name}=...) takes a model path or a forksafe.ModelProxy, got "
                 f"{type(value).__name__}"
             )
+    return proxies
 
-    def decorate(fn: F) -> F:
-        signature = inspect.signature(fn)
-        for name in proxies:
-            parameter = signature.parameters.get(name)
-            if parameter is None or parameter.kind not in _INJECTABLE:
-                raise TypeError(
-                    f"{fn.__qualname__}() has no parameter {name!r} that can be passed by "
-                    "keyword, so the model cannot be injected into it"
-                )
-        public = signature.replace(
-            parameters=[p for p in signature.parameters.values() if p.name not in proxies]
-        )
 
-        if inspect.iscoroutinefunction(fn):
+def _wrap(fn: Callable[..., Any], proxies: dict[str, ModelProxy]) -> Callable[..., Any]:
+    """``fn`` with the proxies as keyword defaults, and a signature without them."""
+    signature = inspect.signature(fn)
+    for name in proxies:
+        parameter = signature.parameters.get(name)
+        if parameter is None or parameter.kind not in _INJECTABLE:
+            raise TypeError(
+                f"{fn.__qualname__}() has no parameter {name!r} that can be passed by "
+                "keyword, so the model cannot be injected into it"
+            )
+    public = signature.replace(
+        parameters=[p for p in signature.parameters.values() if p.name not in proxies]
+    )
+    wrapper: Any
+    if inspect.iscoroutinefunction(fn):
 
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                for key, proxy in proxies.items():
-                    kwargs.setdefault(key, proxy)
-                return await fn(*args, **kwargs)
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for key, proxy in proxies.items():
+                kwargs.setdefault(key, proxy)
+            return await fn(*args, **kwargs)
 
-            wrapper: Any = async_wrapper
-        else:
+    else:
 
-            @functools.wraps(fn)
-            def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-                for key, proxy in proxies.items():
-                    kwargs.setdefault(key, proxy)
-                return fn(*args, **kwargs)
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for key, proxy in proxies.items():
+                kwargs.setdefault(key, proxy)
+            return fn(*args, **kwargs)
 
-            wrapper = sync_wrapper
-        wrapper.__signature__ = public
-        wrapper.__forksafe_models__ = dict(proxies)
-        return wrapper  # type: ignore[no-any-return]
-
-    return decorate
+    wrapper.__signature__ = public
+    wrapper.__forksafe_models__ = dict(proxies)
+    return wrapper  # type: ignore[no-any-return]

@@ -38,6 +38,11 @@ class ProxyMethod(_Base):
         super().__init__(method)
         self._self_of = (proxy, name, held, _forking.generation)
 
+    def __wrapped_setattr_fixups__(self) -> None:
+        # wrapt looks this hook up when ``__wrapped__`` is set; defining it
+        # spares that lookup two AttributeErrors (on us, then on the method).
+        return None
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         proxy, name, held, generation = self._self_of
         if generation != _forking.generation:  # taken before a fork

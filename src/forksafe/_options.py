@@ -129,7 +129,11 @@ def _isolation(value: Any) -> Isolation | None:
 
 # setting -> (check returning the value or None, what a valid value is)
 _CHECKS = {
-    "isolation": (_isolation, f"one of {tuple(i.value for i in Isolation)}"),
+    "isolation": (
+        _isolation,
+        f"one of {tuple(i.value for i in Isolation)} (choosing: 'Which isolation?' in "
+        "forksafe's documentation)",
+    ),
     "timeout": (_positive_seconds, "a positive number of seconds"),
     "max_batch": (_whole_rows, "a whole number of rows, 1 or more"),
     "max_wait_ms": (_milliseconds, "between 0 and 1000 milliseconds"),
@@ -185,7 +189,8 @@ def make_options(
         if max_batch is not None or max_wait_ms is not None:
             raise ValueError(
                 "max_batch and max_wait_ms set a shared host's batching: they need "
-                f"isolation='shared' (got isolation={mode.value!r})"
+                f"isolation='shared' (got isolation={mode.value!r}; see 'Which isolation?' in "
+                "forksafe's documentation)"
             )
         # FORKSAFE_MAX_BATCH and FORKSAFE_MAX_WAIT_MS apply to shared proxies only.
         return Options(source, mode, seconds, None, origins)

@@ -18,7 +18,7 @@ import threading
 import uuid
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MethodType
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +53,9 @@ class Held:
         call_lock: held around calls, for backends that need one (``_serial``).
         wraps_callables: callables taken from the model need a ``ProxyMethod``
             (graph re-entry, the call lock, or a host connection to follow).
+        methods: the ``ProxyMethod`` handed out for each name, with what it
+            wraps (function and instance), so that the next access of the same
+            method reuses it instead of building another.
     """
 
     model: Any
@@ -61,6 +64,7 @@ class Held:
     in_effect: Isolation
     call_lock: threading.RLock | None
     wraps_callables: bool
+    methods: dict[str, tuple[Any, Any, ProxyMethod]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: Any, owner: GraphOwner | None, in_effect: Isolation) -> Held:
@@ -228,9 +232,20 @@ class ModelProxy(_Base):
         # Methods follow the proxy across a fork; in graph mode every callable
         # needs the graph's re-entry, with a call lock its lock, and in a host
         # its connection must not be reused in a fork child.
-        if type(value) is MethodType or (held.wraps_callables and callable(value)):
-            return ProxyMethod(value, self, name, held)
-        return value
+        if type(value) is MethodType:
+            func, instance = value.__func__, value.__self__
+        elif held.wraps_callables and callable(value):
+            func, instance = value, None
+        else:
+            return value
+        # The one made for this name before, if it wraps the same method still:
+        # building one costs more than the rest of an access together.
+        made = held.methods.get(name)
+        if made is not None and made[0] is func and made[1] is instance:
+            return made[2]
+        method = ProxyMethod(value, self, name, held)
+        held.methods[name] = (func, instance, method)
+        return method
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         held = self._self_held

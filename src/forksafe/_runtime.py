@@ -301,7 +301,8 @@ def explain_inherited(blocked: dict[str, _Start], *, what: str) -> str:
         "survive fork, so running the model here would hang. Fixes: keep the parent from "
         f"running the framework ({avoid}: let the proxy load in the workers); or start "
         "workers with the 'spawn' or 'forkserver' method; or let forksafe run the model in a "
-        "host process of its own (isolation='process', or the default isolation='auto')."
+        "host process of its own (isolation='process', or the default isolation='auto'). "
+        "Choosing an isolation: 'Which isolation?' in forksafe's documentation."
     )
 
 
@@ -312,9 +313,10 @@ def explain_hosted(blocked: dict[str, _Start], *, what: str) -> str:
     return (
         f"model {what!r} runs in a separate host process, because {display(name)} was "
         f"started in parent process {start.pid}{where} before this process ({os.getpid()}) "
-        "was forked, and cannot run here. Each call now crosses a process boundary (tens of "
-        "microseconds, plus a copy of large arrays) and the host costs its own memory. To run "
+        "was forked, and cannot run here. Each call now crosses a process boundary (a round "
+        "trip per call, plus a copy of large arrays) and the host costs its own memory. To run "
         f"in-process, keep the parent from running the framework ({framework(name).avoid}) "
         "or start workers with 'spawn'/'forkserver'; pass isolation='process' to choose the "
-        "host and silence this, or isolation='inprocess' to get an error instead."
+        "host and silence this, or isolation='inprocess' to get an error instead. What each "
+        "isolation costs: 'Which isolation?' in forksafe's documentation."
     )

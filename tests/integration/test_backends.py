@@ -45,6 +45,9 @@ def test_a_large_torch_op_hangs_the_child_of_a_parent_that_ran_one() -> None:
 
 
 @TORCH
+@pytest.mark.support(
+    "os.fork", "", start="fork", case="parent ran the framework", frameworks=("torch module",)
+)
 def test_child_of_a_torch_parent_that_ran_a_large_op_refuses_or_hosts() -> None:
     """inprocess raises at once, naming torch and why no line is known; auto answers from a host."""
     result = torch_parent("large op")
@@ -115,6 +118,7 @@ def test_child_of_a_jax_parent_names_the_parents_line() -> None:
 
 
 @JAX
+@pytest.mark.support("os.fork", "", start="fork", frameworks=("JAX function",))
 def test_jax_function_model_loads_in_each_child_of_an_untouched_parent() -> None:
     """A jitted function with its parameters bound: every isolation but process is in-process."""
     result = run_clean(scenarios.jax_parent, False, spawn=True, timeout=240).get()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,10 @@ import pytest
 from benchmarks.celery_pools import redis_available
 from benchmarks.servers import targets as servers_targets
 
+from tests.support import requires
+
 ROOT = Path(__file__).resolve().parents[2]
+COMMITTED = ROOT / "benchmarks"
 
 
 @pytest.mark.timeout(900)
@@ -20,6 +25,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     """``python -m benchmarks --quick`` fills every section, every target and RESULTS.md."""
     sections = ["core", "graph", "scaling", "host", "jax"]
+    if importlib.util.find_spec("torch") is not None:  # CI installs it (.ci/run)
+        sections.append("torch_fork")
+    elif os.environ.get("CI") == "true":
+        pytest.fail("torch is not installed (CI=true: CI must install it)")
     if redis_available():
         sections += ["celery", "pool_memory", "shared", "shared_knobs"]
     elif os.environ.get("CI") == "true":
@@ -40,7 +49,7 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     measured = [t for t in results["targets"] if t["value"] != "not measured"]
     # Without Redis: the Celery, pool memory and shared host targets are not measured;
     # the servers' (benchmarks/servers.py, minutes of its own) are not run here.
-    servers = len(servers_targets(None))
+    servers = len(servers_targets({}))
     assert len(measured) == len(results["targets"]) - (0 if "celery" in sections else 7) - servers
     core = results["sections"]["core"]
     for model in ("overhead_dense", "overhead_cnn"):
@@ -51,10 +60,13 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
     headings = (
         "## Targets",
         "## Proxy overhead",
+        "## TF1 graph mode",
         "## Out-of-process host",
         "## Scaling",
         "## Keras on JAX",
     )
+    if "torch_fork" in sections:
+        headings += ("## A torch child of a parent whose thread pool started",)
     for heading in headings:
         assert heading in text
     assert (tmp_path / "threads.png").stat().st_size > 1000
@@ -73,3 +85,60 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
                 assert len(row["rounds"]) == len(row["requests_per_s_ratios"]) >= 1
             inprocess = shared[kind]["in-process"]
             assert inprocess["in_effect"] == ["inprocess"] and "host" not in inprocess["processes"]
+
+
+@pytest.mark.timeout(300)
+def test_committed_results_md_is_the_committed_json_rendered(tmp_path: Path) -> None:
+    """``--render`` of bench-results.json gives RESULTS.md as committed, byte for byte.
+
+    Each section renders its own tables (benchmarks/sections.py): a section whose
+    ``render`` changed, or a RESULTS.md edited by hand, shows here. Regenerate with
+    ``python -m benchmarks --render``.
+    """
+    requires.package("matplotlib", "pip install -e '.[bench]'")  # the plots' sections
+    shutil.copy(COMMITTED / "bench-results.json", tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--render", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "RESULTS.md").read_text() == (COMMITTED / "RESULTS.md").read_text()
+    rendered = json.loads((tmp_path / "bench-results.json").read_text())
+    assert rendered == json.loads((COMMITTED / "bench-results.json").read_text())
+
+
+def test_section_modules_import_without_side_effects() -> None:
+    """Importing every section (as the runner and the docs do) starts no framework.
+
+    It sets no environment variable either (beyond ``_common``'s TensorFlow log level):
+    ``KERAS_BACKEND=jax`` set at import by one section would reach every later section
+    the runner starts.
+    """
+    script = """
+import json, os, sys
+before = dict(os.environ)
+from benchmarks.sections import SECTIONS
+missing = [s.name for s in SECTIONS if not callable(getattr(s.load(), "render", None))]
+changed = sorted(k for k in set(before) | set(os.environ)
+                 if before.get(k) != os.environ.get(k) and k != "TF_CPP_MIN_LOG_LEVEL")
+frameworks = sorted(m for m in ("tensorflow", "keras", "jax", "torch") if m in sys.modules)
+print(json.dumps([missing, changed, frameworks]))
+"""
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TF_USE_LEGACY_KERAS")}
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=True,
+    )
+    missing, changed, frameworks = json.loads(done.stdout.strip().splitlines()[-1])
+    assert missing == [], f"sections without render(): {missing}"
+    assert changed == [], f"importing the sections changed the environment: {changed}"
+    assert frameworks == [], f"importing the sections imported {frameworks}"

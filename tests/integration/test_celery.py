@@ -91,6 +91,7 @@ def check(answers: list[dict[str, Any]], models: Models) -> set[int]:
     return {answer["pid"] for answer in answers}
 
 
+@pytest.mark.support("Celery", "-P {pool}", case="filesystem broker")
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo", "gevent"])
 def test_every_pool_on_the_filesystem_broker(models: Models, tmp_path: Any, pool: str) -> None:
     """A module-level proxy answers right in every pool; one load per process."""
@@ -105,6 +106,7 @@ def test_every_pool_on_the_filesystem_broker(models: Models, tmp_path: Any, pool
         assert pids == {worker}  # one process: the worker itself
 
 
+@pytest.mark.support("Celery", "-P prefork", case="{broker} broker")
 @pytest.mark.parametrize("broker", ["redis", "amqp"])
 def test_prefork_on_real_brokers(models: Models, tmp_path: Any, broker: str) -> None:
     """The original report's setup (prefork) on Redis and RabbitMQ."""
@@ -116,6 +118,7 @@ def test_prefork_on_real_brokers(models: Models, tmp_path: Any, broker: str) -> 
 @pytest.mark.parametrize(
     ("broker", "pool"), [("filesystem", "prefork"), ("redis", "prefork"), ("filesystem", "threads")]
 )
+@pytest.mark.support("Celery", "-P {pool}", case="parent ran TensorFlow")
 def test_parent_that_ran_tensorflow(models: Models, tmp_path: Any, broker: str, pool: str) -> None:
     """The original report: the worker's parent loaded and predicted at import.
 
@@ -130,6 +133,7 @@ def test_parent_that_ran_tensorflow(models: Models, tmp_path: Any, broker: str, 
     assert {a["in_effect"] for a in answers} == {expected}
 
 
+@pytest.mark.support("Celery", "-P prefork", case="warm-up (forksafe.celery.install)")
 def test_install_warms_each_child_and_never_the_parent(models: Models, tmp_path: Any) -> None:
     """forksafe.celery.install: children load before any task; the parent never runs TF."""
     env = {**broker_env("filesystem", str(tmp_path)), "FS_MODEL": models.keras, "FS_WARM": "1"}
@@ -141,6 +145,7 @@ def test_install_warms_each_child_and_never_the_parent(models: Models, tmp_path:
         assert not runs_tensorflow(process.pid)
 
 
+@pytest.mark.support("Celery", "-P prefork", case="child killed mid-task")
 def test_child_killed_mid_task_is_answered_by_its_replacement(
     models: Models, tmp_path: Any
 ) -> None:
@@ -207,6 +212,9 @@ def _pool_memory(models: Models, tmp: str, poisoned: bool) -> dict[str, Any]:
     return {"roles": sorted(roles.values()), "pss_mb": pss}
 
 
+@pytest.mark.support(
+    "Celery", "-P prefork", case="one template for a pool whose master ran TensorFlow"
+)
 def test_poisoned_prefork_pool_shares_one_template_at_no_extra_memory(
     models: Models, tmp_path: Any
 ) -> None:

@@ -32,6 +32,9 @@ def wait_for_file(path: str, timeout: float = 60.0) -> None:
     raise AssertionError(f"{path} was not written within {timeout} s")
 
 
+@pytest.mark.support(
+    "Dask", "dask scheduler, dask worker --nworkers 2", start="spawn", case="isolation={isolation}"
+)
 @pytest.mark.parametrize("isolation", ["auto", "process"])
 def test_cli_scheduler_and_workers(models: Models, tmp_path: Any, isolation: str) -> None:
     """Right answers, one load per worker process, none in the driver or the scheduler."""

@@ -136,6 +136,7 @@ def test_gunicorn_flask_example(models: Models, tmp_path: Any) -> None:
     assert len(answer["y"]) == 1 and len(answer["y"][0]) == 3
 
 
+@pytest.mark.support("Django + Celery", "-P prefork", case="examples/django_celery")
 def test_django_celery_example(models: Models, tmp_path: Any) -> None:
     """A Django view enqueues a prediction that a Celery prefork worker answers."""
     pytest.importorskip("django", reason="django is not installed")

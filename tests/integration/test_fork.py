@@ -14,6 +14,7 @@ from tests.models import KERAS_BACKEND, Models
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.mark.support("os.fork", "", start="fork")
 def test_child_of_untouched_parent_loads_and_predicts(models: Models) -> None:
     """A child of a parent that never ran TensorFlow loads its own model and predicts right."""
     _, reference = models.reference()
@@ -31,6 +32,9 @@ def test_child_of_untouched_parent_loads_and_predicts(models: Models) -> None:
     np.testing.assert_allclose(result["parent_y"], child["y"], atol=1e-6)
 
 
+@pytest.mark.support(
+    "os.fork", "", start="fork", case="parent ran the framework: InheritedRuntimeError"
+)
 def test_child_of_parent_that_ran_the_framework_fails_fast(models: Models) -> None:
     """With isolation="inprocess" the child of a parent that ran one (large) op fails fast."""
     result = run_clean(scenarios.touched_parent, models).get()

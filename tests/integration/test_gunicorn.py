@@ -73,6 +73,7 @@ def check(answers: list[dict[str, Any]], models: Models, master: int) -> set[int
     return pids
 
 
+@pytest.mark.support("gunicorn", "{worker} workers", case="{preload?--preload}")
 @pytest.mark.parametrize("preload", [False, True], ids=["no-preload", "preload"])
 @pytest.mark.parametrize("worker", ["sync", "gthread"])
 def test_workers_answer_right(models: Models, tmp_path: Any, worker: str, preload: bool) -> None:
@@ -82,6 +83,7 @@ def test_workers_answer_right(models: Models, tmp_path: Any, worker: str, preloa
     assert {a["in_effect"] for a in answers} == {"inprocess"}
 
 
+@pytest.mark.support("gunicorn", "gthread workers", case="--preload, master ran TensorFlow")
 def test_preloaded_master_that_ran_tensorflow(models: Models, tmp_path: Any) -> None:
     """--preload with a warm-up predict at import: workers answer through hosts, not hang."""
     answers, master = serve(
@@ -91,6 +93,7 @@ def test_preloaded_master_that_ran_tensorflow(models: Models, tmp_path: Any) -> 
     assert {a["in_effect"] for a in answers} == {"process"}
 
 
+@pytest.mark.support("gunicorn", "sync workers", case="warm-up (forksafe.gunicorn.warm)")
 def test_post_fork_warm_hook(models: Models, tmp_path: Any) -> None:
     """forksafe.gunicorn.warm in post_fork: workers load before any request, master never."""
     port = free_port()

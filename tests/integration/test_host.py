@@ -23,6 +23,7 @@ from tests.scenarios import HostProbe
 pytestmark = pytest.mark.timeout(300)
 
 
+@pytest.mark.support("os.fork", "", start="fork", case="parent ran the framework: a host answers")
 def test_poisoned_child_answers_through_a_host(models: Models) -> None:
     """Parent ran Keras predict; the child's auto and process proxies answer, inprocess refuses."""
     result = run_clean(scenarios.poisoned_child_isolations, models, timeout=180).get()

@@ -33,8 +33,15 @@ def forksafe_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def two_hosts() -> Iterator[list[forksafe.ModelProxy]]:
-    """Two shared hosts of this test's own, one busier than the other."""
+def two_hosts(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[list[forksafe.ModelProxy]]:
+    """Two shared hosts in a runtime directory of this test's own, one busier than the other.
+
+    Its own directory: ``hosts stop --all`` must not stop other tests' hosts (or the
+    hosts of anything else this user runs), and the listing shows only these.
+    """
+    monkeypatch.setenv("FORKSAFE_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
     proxies = [
         forksafe.lazy_model(Recorder, uuid.uuid4().hex, isolation="shared", timeout=60)
         for _ in range(2)
@@ -75,7 +82,8 @@ def test_hosts_lists_each_shared_host_with_its_figures(
     assert seen["clients"] >= 1 and seen["pss_kb"] > 0 and os.path.exists(seen["log"])
     assert seen["source"] == "Recorder()" and seen["queue_wait_p99_ms"] >= 0
     assert _listed(hosts, forksafe.info(idle).host_pid)["calls"] == 1
-    through_info = forksafe.info(busy).host
+    assert forksafe.info(busy).host is None  # info() asks the host only when told to
+    through_info = forksafe.info(busy, host=True).host
     assert through_info is not None
     changing = ("uptime_s", "pss_kb")  # the rest is the same figure either way
     assert {k: v for k, v in through_info.items() if k not in changing} == {

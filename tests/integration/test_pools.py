@@ -35,6 +35,9 @@ def check(answers: list[dict[str, Any]], models: Models, *, hosted: bool) -> Non
     assert all(len(ids) == 1 for ids in shipped.values()), shipped
 
 
+@pytest.mark.support(
+    "multiprocessing", "Pool", start="{method}", case="{parent_ran_tf?parent ran TensorFlow}"
+)
 @PARENT
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_multiprocessing_pool(models: Models, method: str, parent_ran_tf: bool) -> None:
@@ -43,6 +46,12 @@ def test_multiprocessing_pool(models: Models, method: str, parent_ran_tf: bool) 
     check(answers, models, hosted=parent_ran_tf and method == "fork")
 
 
+@pytest.mark.support(
+    "concurrent.futures",
+    "ProcessPoolExecutor",
+    start="{method}",
+    case="{parent_ran_tf?parent ran TensorFlow}",
+)
 @PARENT
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_process_pool_executor(models: Models, method: str, parent_ran_tf: bool) -> None:
@@ -51,6 +60,9 @@ def test_process_pool_executor(models: Models, method: str, parent_ran_tf: bool)
     check(answers, models, hosted=parent_ran_tf and method == "fork")
 
 
+@pytest.mark.support(
+    "Dask", "LocalCluster", start="spawn", case="{parent_ran_tf?parent ran TensorFlow}"
+)
 @PARENT
 def test_dask_local_cluster(models: Models, parent_ran_tf: bool) -> None:
     """dask.distributed LocalCluster with process workers (spawned: never hosted)."""

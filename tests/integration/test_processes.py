@@ -15,6 +15,9 @@ from tests.models import Models
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.mark.support(
+    "multiprocessing", "Process", start="spawn", case="proxy pickled to the worker"
+)
 def test_proxy_pickled_to_a_spawn_worker_loads_there(models: Models) -> None:
     """Multiprocessing spawn: the worker gets an unloaded proxy that loads and predicts."""
     x, reference = models.reference()

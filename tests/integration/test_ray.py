@@ -61,6 +61,7 @@ def stopped(marker: str, timeout: float = 30.0) -> set[int]:
     return left
 
 
+@pytest.mark.support("Ray", "ray start --head, tasks, actors, Ray Data")
 def test_local_cluster(models: Models, tmp_path: Any) -> None:
     """Right answers, one load per worker process (tasks, actors, Ray Data), none in the driver."""
     engine_or_skip("ray", "Ray")

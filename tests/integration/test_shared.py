@@ -49,6 +49,9 @@ def shared(tag: str, **options: Any) -> forksafe.ModelProxy:
     return forksafe.lazy_model(Recorder, tag, isolation="shared", timeout=30, **options)
 
 
+@pytest.mark.support(
+    "os.fork, multiprocessing, subprocess", 'isolation="shared"', case="one shared host for all"
+)
 def test_fork_siblings_spawned_workers_and_unrelated_processes_share_one_host(tag: str) -> None:
     """Four fork children racing to start it, a spawned worker, another interpreter: one host."""
     outcomes = fork_many(

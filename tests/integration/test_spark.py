@@ -21,6 +21,7 @@ from tests.workers.engines import check_run, engine_or_skip, run_driver
 pytestmark = pytest.mark.timeout(420)
 
 
+@pytest.mark.support("Spark", "local[2]", case="spark.python.worker.reuse={reuse}")
 @pytest.mark.parametrize("reuse", ["true", "false"], ids=["reuse", "no-reuse"])
 def test_local_session(models: Models, tmp_path: Any, reuse: str) -> None:
     """Right answers, one load per Python worker process, none in the driver."""

@@ -36,6 +36,10 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
+def _in_host(name: str) -> bool:
+    return name == "forksafe._host" or name.startswith("forksafe._host.")
+
+
 def _module(name: str) -> bool:
     return (PACKAGE.parent / (name.replace(".", "/") + ".py")).exists() or (
         PACKAGE.parent / name.replace(".", "/") / "__init__.py"
@@ -45,11 +49,7 @@ def _module(name: str) -> bool:
 def test_the_host_imports_nothing_above_it() -> None:
     """``forksafe._host`` uses only _errors, _frameworks, _forking and _version of the rest."""
     for path in sorted((PACKAGE / "_host").glob("*.py")):
-        outside = {
-            name
-            for name in _imports(path)
-            if _module(name) and not name.startswith("forksafe._host")
-        }
+        outside = {name for name in _imports(path) if _module(name) and not _in_host(name)}
         assert outside <= HOST_MAY_IMPORT, (
             f"{path.name} imports {sorted(outside - HOST_MAY_IMPORT)}"
         )
@@ -58,9 +58,7 @@ def test_the_host_imports_nothing_above_it() -> None:
 def test_only_the_proxy_opens_the_door_to_the_host() -> None:
     """Of forksafe's own modules, only ``_proxy`` (and ``_hosts``) import ``forksafe._host``."""
     users = {
-        path.name
-        for path in PACKAGE.glob("*.py")
-        if any(name.startswith("forksafe._host") for name in _imports(path))
+        path.name for path in PACKAGE.glob("*.py") if any(_in_host(name) for name in _imports(path))
     }
     # _hosts: the operator's view of shared hosts (forksafe hosts), beside the proxy's door.
     assert users <= {"_proxy.py", "_hosts.py", "testing.py"}, users
