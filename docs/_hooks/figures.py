@@ -156,6 +156,18 @@ FIGURES: dict[str, Callable[[Results], str]] = {
     "torch_hooks_pool_us": section("torch_fork", "hooks_us", "pool_started"),
     "torch_load_start": section("torch_fork", "loadavg_1min_start", fmt="{:.1f}"),
     "torch_load_end": section("torch_fork", "loadavg_1min_end", fmt="{:.1f}"),
+    # Servers and queues (benchmarks/servers.py).
+    "rq_jobs": section("servers", "rq", "jobs"),
+    "rq_shared_to_simple": section("servers", "rq", "ratio_shared_to_simple", fmt="{:.2f}"),
+    "rq_default_per_job_s": section("servers", "rq", "default", "per_job_s", fmt="{:.1f}"),
+    "rq_shared_per_job_s": section("servers", "rq", "shared", "per_job_s", fmt="{:.2f}"),
+    "rq_simple_per_job_s": section("servers", "rq", "SimpleWorker", "per_job_s", fmt="{:.2f}"),
+    "rq_held_per_job_s": section(
+        "servers", "rq", "shared, worker holds the host", "per_job_s", fmt="{:.2f}"
+    ),
+    "rq_horse_only_ms": section("servers", "rq", "horse only, no model", "per_job_s", scale=1000),
+    "servers_requests": section("servers", "uwsgi", "default", "requests"),
+    "servers_recycle_after": section("servers", "recycle_after"),
 }
 
 
@@ -227,6 +239,87 @@ def _engine(engine: str) -> Callable[[Results], str]:
     return table
 
 
+def _seconds(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:.0f} ms"
+
+
+# benchmarks/servers.py: (key, label) rows of each server's table.
+_SERVER_ROWS = {
+    "uwsgi": (
+        ("naive", "naive: bare model at import (killed by `harakiri`)"),
+        ("default", "`forksafe.load_model(path)`"),
+        ("shared", '`isolation="shared"`'),
+        ("lazy-apps", "`lazy-apps`, bare model"),
+    ),
+    "fastapi": (
+        ("naive", "naive: bare model at import (client gave up)"),
+        ("default", "`forksafe.load_model(path)`"),
+        ("shared", '`isolation="shared"`'),
+        ("--preload off", "`--preload` off, bare model"),
+    ),
+    "recycling": (
+        ("default", "`forksafe.load_model(path)`"),
+        ("shared", '`isolation="shared"`'),
+        ("--preload off", "`--preload` off, bare model"),
+    ),
+}
+
+
+def _server(kind: str) -> Callable[[Results], str]:
+    """One HTTP server's rows of benchmarks/servers.py: answers, loads, first and later requests."""
+
+    def table(results: Results) -> str:
+        runs = _at(results, ("sections", "servers", kind))
+        lines = [
+            "| | answered | workers (loads each) | a worker's first request: median, max "
+            "| later requests: median, slowest |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for key, label in _SERVER_ROWS[kind]:
+            row = runs[key]
+            answered = f"{row['answered']}/{row['requests']}"
+            if not row["answered"]:
+                lines.append(_row([label, answered, "-", "-", "-"]))
+                continue
+            first = row["first_load_ms"]
+            cells = [
+                f"{row['processes']} ({row['loads_per_process']})",
+                f"{_seconds(first['median'])}, {_seconds(first['max'])}",
+                f"{_seconds(row['p50_ms'])}, {_seconds(row['slowest_other_ms'])}",
+            ]
+            lines.append(_row([label, answered, *cells]))
+        return "\n".join(lines)
+
+    return table
+
+
+def servers_rq(results: Results) -> str:
+    """RQ's rows of benchmarks/servers.py: wall time per job, horses, loads."""
+    rq = _at(results, ("sections", "servers", "rq"))
+    labels = (
+        ("naive", "naive: bare model preloaded (killed at `job_timeout`)", "-"),
+        ("default", "`forksafe.load_model(path)`", "1 per horse"),
+        ("shared", '`isolation="shared"`', "1, in the host"),
+        (
+            "shared, worker holds the host",
+            '`isolation="shared"`, the worker holds the host',
+            "1, in the host, before the jobs",
+        ),
+        ("SimpleWorker", "`SimpleWorker` (no fork)", "1, in the worker"),
+        ("horse only, no model", "a job that does not use the model", "-"),
+    )
+    lines = [
+        "| | answered | per job | horses | model loads |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, label, loads in labels:
+        row = rq[key]
+        per = "-" if row.get("per_job_s") is None else f"{row['per_job_s']:.2f} s"
+        horses = str(row["processes"]) if row["processes"] and key != "SimpleWorker" else "-"
+        lines.append(_row([label, f"{row['answered']}/{row['jobs']}", per, horses, loads]))
+    return "\n".join(lines)
+
+
 def from_results(heading: str) -> Callable[[Results], str]:
     """The first table under the RESULTS.md heading that starts with ``heading``, as is."""
 
@@ -247,6 +340,10 @@ TABLES: dict[str, Callable[[Results], str]] = {
     "engines_spark": _engine("spark"),
     "torch_ways": from_results("A torch child of a parent whose thread pool started"),
     "separate_server": from_results("A shared host beside a separate model server"),
+    "servers_rq": servers_rq,
+    "servers_uwsgi": _server("uwsgi"),
+    "servers_fastapi": _server("fastapi"),
+    "servers_recycling": _server("recycling"),
 }
 
 
