@@ -341,6 +341,8 @@ class ModelProxy(_Base):
             if not _frameworks.imported():
                 return ModelProxy
             held = self._self_resolve()
+        if held.in_effect.hosted:  # the model's class lives in the host, not here
+            return ModelProxy
         cls: type = held.model.__class__
         return cls
 

@@ -13,9 +13,9 @@ no answer can reach a later call.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
-import pickle
 import signal
 import threading
 import weakref
@@ -23,6 +23,7 @@ from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
 from forksafe._errors import ForkSafeError, HostCrashedError, HostError, HostTimeoutError
+from forksafe._host.plain import signature_from_plain
 from forksafe._host.shm import SegmentPool, sweep, unpack
 from forksafe._host.wire import FIRST_RID, checkpoint, decode, encode, raise_envelope
 
@@ -187,7 +188,7 @@ class HostClient:
         rid = channel.rid
         try:
             frame = encode(rid, pool.pack(message))
-        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        except Exception as exc:  # a framework's own error from pickling, too
             pool.recycle()  # nothing was sent: the host is still in step
             with self.idle_lock:
                 self.idle.append(channel)
@@ -282,6 +283,7 @@ class RemoteMethod:
         self.__name__ = name
         self.__qualname__ = about.get("qualname") or name
         self.__doc__ = about.get("doc")
+        self.__signature__ = signature_from_plain(about.get("signature"))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._client.request(("call", self._name, args, kwargs), what=self._name)
@@ -293,7 +295,7 @@ class RemoteMethod:
 class RemoteModel:
     """Stands in for a model that lives in a host process."""
 
-    __slots__ = ("__weakref__", "_client", "_describe", "_methods")
+    __slots__ = ("__weakref__", "_client", "_describe", "_methods", "_signature")
 
     def __init__(self, opener: Opener, *, describe: str, timeout: float) -> None:
         self._client: HostClient
@@ -302,6 +304,7 @@ class RemoteModel:
         object.__setattr__(self, "_client", HostClient(opener, timeout))
         object.__setattr__(self, "_methods", {})
         object.__setattr__(self, "_describe", describe)
+        object.__setattr__(self, "_signature", None)
         self._client.connect()
 
     @property
@@ -333,6 +336,21 @@ class RemoteModel:
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._client.request(("setattr", name, value), what=f"setting {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        self._client.request(("delattr", name), what=f"deleting {name!r}")
+
+    def __dir__(self) -> list[str]:
+        names: list[str] = self._client.request(("dir",), what="dir()")
+        return names
+
+    @property
+    def __signature__(self) -> inspect.Signature | None:
+        """The signature of the model's own ``__call__``, as the host sees it (asked once)."""
+        if self._signature is None:
+            plain = self._client.request(("signature", None), what="the signature")
+            object.__setattr__(self, "_signature", signature_from_plain(plain) or False)
+        return self._signature or None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._client.request(("call", None, args, kwargs), what="__call__")

@@ -9,7 +9,9 @@ A request is a tuple whose first item names the operation:
   data.
 - ``("getattr", name)``: ``("callable", its name and doc)`` or ``("value",
   plain data)``.
-- ``("setattr", name, value)``.
+- ``("setattr", name, value)``, ``("delattr", name)``.
+- ``("dir",)``: the model's attribute names; ``("signature", name)``: the
+  signature of the model (``name`` None) or its method, as plain data.
 
 Anything the model gives back is converted and checked as plain data
 (``plain``) before it is sent; what cannot cross is a ``HostError`` naming
@@ -26,7 +28,7 @@ from typing import Any
 
 from forksafe._errors import ForkSafeError, HostError, ModelLoadError
 from forksafe._frameworks import backend_of
-from forksafe._host.plain import describe, is_plain, to_plain
+from forksafe._host.plain import describe, is_plain, signature_to_plain, to_plain
 
 __all__ = ["Answerer", "attribute", "invoke", "plain_result"]
 
@@ -48,6 +50,7 @@ def attribute(model: Any, name: str) -> tuple[str, Any]:
             {
                 "doc": doc if isinstance(doc, str) else None,
                 "qualname": qualname if isinstance(qualname, str) else name,
+                "signature": signature_to_plain(value),
             },
         )
     value = to_plain(value)
@@ -120,6 +123,14 @@ class Answerer:
         if op == "setattr":
             setattr(self.model, request[1], request[2])
             return None
+        if op == "delattr":
+            delattr(self.model, request[1])
+            return None
+        if op == "dir":
+            return sorted(str(name) for name in dir(self.model))
+        if op == "signature":
+            name = request[1]
+            return signature_to_plain(self.model if name is None else getattr(self.model, name))
         if op == "load":
             return self.load(request[1], repr(request[2]))
         raise HostError(f"unknown request {op!r}")

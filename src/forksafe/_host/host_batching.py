@@ -140,7 +140,7 @@ class Batcher:
         self.waits: deque[float] = deque(maxlen=_WAITS_KEPT)
 
     def submit(self, request: tuple[Any, ...]) -> Call:
-        """Queue ``request`` (a call, getattr or setattr) for the model's thread."""
+        """Queue ``request`` (a call, or any other question about the model) for its thread."""
         call = Call(request)
         if request[0] == "call":
             _, name, args, kwargs = request

@@ -39,6 +39,8 @@ from forksafe._host.wire import Peer, error_envelope, set_timeouts, short_path
 
 __all__ = ["main"]
 
+# What the model's thread answers (host_answer.Answerer); the rest is this process's.
+_MODEL_OPS = frozenset({"call", "getattr", "setattr", "delattr", "dir", "signature"})
 _FAILED_LOAD_LINGER = 1.0  # seconds a host whose load failed answers with the error
 _BACKLOG = 4096  # a whole pool may connect at once (the kernel caps it at somaxconn)
 
@@ -137,7 +139,7 @@ class _Hub:
             return self.refusal
         if op == "hello":
             return "ok", {"pid": os.getpid(), "meta": self.meta}
-        if op not in ("call", "getattr", "setattr"):
+        if op not in _MODEL_OPS:
             return "error", error_envelope(HostError(f"unknown request {op!r}"), "")
         call = self.batcher.submit(request)
         # Bounded twice over: the watchdog ends this process once a call runs

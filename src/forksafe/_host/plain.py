@@ -12,6 +12,7 @@ answers.
 
 from __future__ import annotations
 
+import inspect
 import pickle
 from typing import IO, Any
 
@@ -20,7 +21,14 @@ import numpy as np
 from forksafe._errors import HostError
 from forksafe._frameworks import to_numpy
 
-__all__ = ["describe", "is_plain", "loads", "to_plain"]
+__all__ = [
+    "describe",
+    "is_plain",
+    "loads",
+    "signature_from_plain",
+    "signature_to_plain",
+    "to_plain",
+]
 
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes})
 
@@ -100,3 +108,64 @@ class _PlainUnpickler(pickle.Unpickler):
 def loads(stream: IO[bytes]) -> Any:
     """Unpickle ``stream``, admitting plain data only."""
     return _PlainUnpickler(stream).load()
+
+
+class _Shown:
+    """An annotation or default of the host's, shown as the host showed it (its repr)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _shown(value: Any) -> tuple[str, Any]:
+    if value is inspect.Parameter.empty:
+        return ("empty", None)
+    if is_plain(value):
+        return ("value", value)
+    return ("repr", inspect.formatannotation(value) if isinstance(value, type) else repr(value))
+
+
+def _unshown(shown: tuple[str, Any]) -> Any:
+    kind, value = shown
+    if kind == "empty":
+        return inspect.Parameter.empty
+    return value if kind == "value" else _Shown(str(value))
+
+
+def signature_to_plain(fn: Any) -> Any:
+    """``inspect.signature(fn)`` as plain data (defaults and annotations not plain: as text)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without one, say
+        return None
+    return (
+        [
+            (p.name, int(p.kind), _shown(p.default), _shown(p.annotation))
+            for p in signature.parameters.values()
+        ],
+        _shown(signature.return_annotation),
+    )
+
+
+def signature_from_plain(data: Any) -> inspect.Signature | None:
+    """The signature ``signature_to_plain`` described, as the host would show it."""
+    if data is None:
+        return None
+    parameters, returned = data
+    return inspect.Signature(
+        [
+            inspect.Parameter(
+                name,
+                inspect._ParameterKind(kind),
+                default=_unshown(default),
+                annotation=_unshown(annotation),
+            )
+            for name, kind, default, annotation in parameters
+        ],
+        return_annotation=_unshown(returned),
+    )
