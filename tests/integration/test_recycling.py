@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from tests.models import Models
 from tests.procs import children_of
 from tests.support import requires
-from tests.support.servers import check_answers, free_port, post_rows
+from tests.support.servers import check_answers, free_port, post_rows, redis_names
 from tests.workers.harness import celery_worker, worker_process
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.keras_backend("tensorflow")]
@@ -86,20 +85,20 @@ def celery_per_task(models: Models, tmp: Any, tasks: int, **env: str) -> tuple[l
     from tests.workers.celery_config import close_client, configure
 
     environment = {"FS_BROKER": url, "FS_BACKEND": url, "FS_MODEL": models.keras, **env}
-    queue = f"fs-recycle-{uuid.uuid4().hex[:12]}"
-    args = celery_worker(
-        "tests.workers.celery_app", "prefork", 2, queue, "--max-tasks-per-child", "1"
-    )
     x, _ = models.reference()
     log = str(tmp / "worker.log")
-    with worker_process(args, environment, log, "ready."):
-        client = configure(Celery("forksafe_client"), environment)
-        answers = []
-        for _ in range(tasks):  # one at a time: each task a child of its own
-            result = client.send_task("fs.predict", args=[x.tolist()], queue=queue)
-            answers.append(result.get(timeout=240))
-            result.forget()
-        close_client(client)
+    with redis_names(url, "fs-recycle") as queue:  # its kombu keys go with it
+        args = celery_worker(
+            "tests.workers.celery_app", "prefork", 2, queue, "--max-tasks-per-child", "1"
+        )
+        with worker_process(args, environment, log, "ready."):
+            client = configure(Celery("forksafe_client"), environment)
+            answers = []
+            for _ in range(tasks):  # one at a time: each task a child of its own
+                result = client.send_task("fs.predict", args=[x.tolist()], queue=queue)
+                answers.append(result.get(timeout=240))
+                result.forget()
+            close_client(client)
     with open(log, encoding="utf-8", errors="replace") as f:
         return answers, f.read()
 
