@@ -75,3 +75,15 @@ def test_host_modules_say_which_side_of_the_socket_they_are_on() -> None:
         other = "host" if side == "client" else "client"
         crossing = {m for m in _imports(path) if m.startswith(f"forksafe._host.{other}_")}
         assert not crossing, f"{path.name} imports {sorted(crossing)}"
+
+
+def test_no_function_in_the_package_is_over_60_lines() -> None:
+    """A function of 60 lines or fewer (docstring included) reads in one screen."""
+    long = []
+    for path in sorted(PACKAGE.parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{path.relative_to(PACKAGE.parent)}:{node.name} ({lines})")
+    assert not long, long
