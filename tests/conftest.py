@@ -18,14 +18,14 @@ besides the whole suite under TensorFlow.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import run_clean
 from tests.models import KERAS_BACKEND, Models, build_all
+from tests.support import requires
+from tests.support.children import run_clean
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -68,12 +68,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if KERAS_BACKEND not in marker.args:
             pytest.skip(f"about Keras on {'/'.join(marker.args)}; this run uses {KERAS_BACKEND}")
     for marker in item.iter_markers("needs"):
-        missing = [name for name in marker.args if importlib.util.find_spec(name) is None]
-        if missing:
-            message = f"needs {', '.join(missing)} (pip install {' '.join(missing)})"
-            if os.environ.get("CI") == "true":
-                pytest.fail(message + ": CI must install it", pytrace=False)
-            pytest.skip(message)
+        for name in marker.args:
+            requires.installed(name)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,4 +1,4 @@
-"""Host scenarios that run in a clean process or a fresh tree (see ``helpers.run_clean``)."""
+"""Host scenarios that run in a clean process or a fresh tree (see ``children.run_clean``)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 
 import forksafe
-from tests.helpers import fork_call, fork_many
 from tests.models import Models
-from tests.procs import parent_of, wait_gone
 from tests.scenarios import start_runtime
+from tests.support.children import fork_call, fork_many
+from tests.support.fakes import Recorder
+from tests.support.procs import parent_of, wait_gone
 
 _TORCH_WEIGHT = np.linspace(-1.0, 1.0, 12, dtype="float32").reshape(3, 4)
 _TORCH_BIAS = np.array([0.5, -0.5, 0.25], dtype="float32")
@@ -83,67 +84,6 @@ def pool_of_poisoned_workers(models: Models, workers: int, parent_hosts: bool) -
         "parent_template": parent_template,
         "parent_pid": os.getpid(),
     }
-
-
-class SlowToLoad:
-    """A model whose load announces the host's pid in a file, then waits while asked to."""
-
-    def __init__(self, announce: str, hold_while: str) -> None:
-        import time
-
-        with open(announce, "w", encoding="utf-8") as f:
-            f.write(str(os.getpid()))
-        deadline = time.monotonic() + 30
-        while os.path.exists(hold_while) and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return x * 2.0
-
-
-class Sleepy:
-    """A model that takes ``seconds`` to load."""
-
-    def __init__(self, seconds: float) -> None:
-        import time
-
-        time.sleep(seconds)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return x * 2.0
-
-
-class Recorder:
-    """A row-wise model for a shared host: answers ``2x + 1`` and records each batch's rows."""
-
-    def __init__(self, tag: str = "", delay: float = 0.0) -> None:
-        self.tag = tag  # a test's own tag: its own shared host
-        self.delay = delay
-        self.batches: list[int] = []
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        import time
-
-        self.batches.append(int(x.shape[0]))
-        time.sleep(self.delay)
-        return x * 2.0 + 1.0
-
-    def rows_seen(self) -> list[int]:
-        return list(self.batches)
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def hang(self, seconds: float) -> float:
-        import time
-
-        time.sleep(seconds)
-        return seconds
-
-    def frameworks(self) -> list[str]:
-        import sys
-
-        return sorted(m for m in ("tensorflow", "keras", "torch", "jax") if m in sys.modules)
 
 
 def shared_client(tag: str, rows: int, calls: int, seed: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Scenarios that run inside a clean process (see ``helpers.run_clean``).
+"""Scenarios that run inside a clean process (see ``children.run_clean``).
 
 They are module-level so a forkserver or spawn child can import them; each
 returns plain data for the test to assert on.
@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 import forksafe
-from tests.helpers import fork_call
 from tests.models import Models
+from tests.support.children import fork_call
+from tests.support.fakes import HostProbe, NumpyModel
 
 CHILD_TIMEOUT = 30.0
 # An op on the suite's Keras backend starts its runtime: any op for TensorFlow
@@ -29,18 +30,6 @@ def start_runtime() -> None:
     import keras
 
     keras.ops.convert_to_numpy(keras.ops.matmul(keras.ops.ones(BIG), keras.ops.ones(BIG)))
-
-
-class NumpyModel:
-    """A framework-free model that remembers which process built it."""
-
-    def __init__(self, scale: float = 2.0, delay: float = 0.0) -> None:
-        time.sleep(delay)
-        self.scale = scale
-        self.built_in = os.getpid()
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return x * self.scale
 
 
 def predict_in_child(proxy: Any, x: np.ndarray) -> dict[str, Any]:
@@ -295,72 +284,6 @@ def child_runtime_state(models: Models) -> dict[str, Any]:
     return {"parent": forksafe.runtime_state(), "child": child, "where": f"{__file__}:{line}"}
 
 
-class HostProbe:
-    """A framework-free model with methods that exercise the host boundary."""
-
-    value = 42
-
-    def __init__(self) -> None:
-        self.built_in = os.getpid()
-
-    def echo(self, x: Any) -> Any:
-        return x
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return x * 2.0
-
-    def slow(self, seconds: float) -> float:
-        time.sleep(seconds)
-        return seconds
-
-    def hold(self, x: Any, seconds: float) -> Any:
-        time.sleep(seconds)
-        return x
-
-    def pid(self) -> int:
-        return os.getpid()
-
-    def unpicklable(self) -> Any:
-        return threading.Lock()
-
-    def boom(self) -> None:
-        raise ValueError("boom from the host")
-
-    def shout(self, text: str) -> str:
-        """Print to the host's stdout and stderr, unflushed, as model code does."""
-        print(f"{text} on stdout")
-        print(f"{text} on stderr", file=sys.stderr)
-        return text
-
-    def gadget(self, path: str) -> Any:
-        """A value whose unpickling would run code (it writes ``path``) where it is decoded."""
-        return Gadget(path)
-
-    def custom_error(self) -> None:
-        raise CustomError("custom from the host", 7)
-
-
-class CustomError(LookupError):
-    """An exception class of the model's own (not a builtin, not forksafe's)."""
-
-
-def touch(path: str) -> str:
-    """Write this process's pid to ``path`` (what a gadget runs when unpickled)."""
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(str(os.getpid()))
-    return path
-
-
-class Gadget:
-    """Unpickles by calling ``touch``: a stand-in for a hostile pickle."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return touch, (self.path,)
-
-
 def printing_factory(text: str) -> HostProbe:
     """A factory that prints while it builds, as real apps' loaders do."""
     print(f"{text}: building the model")
@@ -507,10 +430,13 @@ def torch_child_large_op(one_thread: bool) -> dict[str, Any]:
         big_torch_op()
         return True
 
-    try:
-        return {"done": fork_call(child, timeout=5).get(), "threads": torch.get_num_threads()}
-    except AssertionError as exc:  # ChildTimeout: the child hung and was killed
-        return {"done": False, "hung": str(exc), "threads": torch.get_num_threads()}
+    outcome = fork_call(child, timeout=5)
+    # Three outcomes, kept apart: a child that crashed did not hang.
+    return {
+        "outcome": outcome.kind,
+        "error": repr(outcome.error),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def jax_parent(parent_ran_jax: bool) -> dict[str, Any]:

@@ -23,7 +23,16 @@ from typing import IO, Any, TypeVar
 
 from forksafe._errors import ForkSafeError
 
-__all__ = ["ChildCrashedError", "ForkTimeoutError", "run_in_fork", "run_in_subprocess"]
+__all__ = [
+    "ChildCrashedError",
+    "ForkTimeoutError",
+    "Forked",
+    "finish_fork",
+    "run_in_context",
+    "run_in_fork",
+    "run_in_subprocess",
+    "start_fork",
+]
 
 T = TypeVar("T")
 _DUMP_WAIT = 1.0  # seconds for faulthandler to write the stacks before the kill
@@ -103,6 +112,77 @@ def _reap(pid: int) -> int:
     return os.waitpid(pid, 0)[1]
 
 
+class Forked:
+    """A forked child started by ``start_fork``: its pid, its answer pipe, its stack dump."""
+
+    def __init__(self, pid: int, fd: int, dump: IO[bytes]) -> None:
+        self.pid = pid
+        self.fd = fd
+        self.dump = dump
+
+
+def start_fork(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...] = (),
+    kwargs: dict[str, Any] | None = None,
+    *,
+    gate: int | None = None,
+) -> Forked:
+    """Fork a child that runs ``fn`` (after reading a byte from ``gate``, if given).
+
+    Collect its answer with ``finish_fork``: every child started must be
+    finished, which reaps it.
+    """
+    read_fd, write_fd = os.pipe()
+    dump = tempfile.TemporaryFile()  # noqa: SIM115  (closed by finish_fork)
+    pid = os.fork()
+    if pid == 0:  # the child
+        code = 1
+        try:
+            os.close(read_fd)
+            faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)
+            if gate is not None:
+                os.read(gate, 1)  # released together with its siblings: a race
+            data = memoryview(_outcome(fn, args, kwargs or {}))
+            while data:
+                data = data[os.write(write_fd, data) :]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    return Forked(pid, read_fd, dump)
+
+
+def finish_fork(child: Forked, deadline: float, timeout: float) -> Any:
+    """The child's result, by ``deadline`` (``time.monotonic``); its exception is raised here.
+
+    Past the deadline the child is killed and ``ForkTimeoutError`` raised
+    with its stacks; a child that died without answering raises
+    ``ChildCrashedError``. The child is reaped on every path.
+    """
+    __tracebackhide__ = True
+    chunks: list[bytes] = []
+    try:
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _stop(child.pid, child.dump, f"forked child {child.pid}", timeout)
+            if select.select([child.fd], [], [], remaining)[0]:
+                chunk = os.read(child.fd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(child.fd)
+        status = _reap(child.pid)
+        child.dump.close()
+    if not chunks:
+        raise ChildCrashedError(
+            f"forked child {child.pid} died without an answer ({_status(status)})"
+        )
+    return _result(b"".join(chunks))
+
+
 def run_in_fork(fn: Callable[..., T], *args: Any, timeout: float = 30.0, **kwargs: Any) -> T:
     """Run ``fn(*args, **kwargs)`` in a forked child and return its (pickled) result.
 
@@ -115,39 +195,8 @@ def run_in_fork(fn: Callable[..., T], *args: Any, timeout: float = 30.0, **kwarg
     not be picklable; its result must be.
     """
     __tracebackhide__ = True  # pytest: show the user's frames, not these
-    read_fd, write_fd = os.pipe()
-    with tempfile.TemporaryFile() as dump:
-        pid = os.fork()
-        if pid == 0:  # the child
-            code = 1
-            try:
-                os.close(read_fd)
-                faulthandler.register(signal.SIGUSR1, file=dump, all_threads=True)
-                data = memoryview(_outcome(fn, args, kwargs))
-                while data:
-                    data = data[os.write(write_fd, data) :]
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(write_fd)
-        chunks: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise _stop(pid, dump, f"forked child {pid}", timeout)
-                if select.select([read_fd], [], [], remaining)[0]:
-                    chunk = os.read(read_fd, 1 << 16)
-                    if not chunk:
-                        break
-                    chunks.append(chunk)
-        finally:
-            os.close(read_fd)
-            status = _reap(pid)
-    if not chunks:
-        raise ChildCrashedError(f"forked child {pid} died without an answer ({_status(status)})")
-    return _result(b"".join(chunks))  # type: ignore[no-any-return]
+    child = start_fork(fn, args, kwargs)
+    return finish_fork(child, time.monotonic() + timeout, timeout)  # type: ignore[no-any-return]
 
 
 def _status(status: int) -> str:
@@ -173,11 +222,28 @@ def run_in_subprocess(fn: Callable[..., T], *args: Any, timeout: float = 30.0, *
     picklable (``fn`` defined at module level).
     """
     __tracebackhide__ = True
-    ctx = multiprocessing.get_context("spawn")
+    spawn = multiprocessing.get_context("spawn")
+    return run_in_context(spawn, fn, args, kwargs, timeout)  # type: ignore[no-any-return]
+
+
+def run_in_context(
+    ctx: Any,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float,
+    *,
+    daemon: bool = True,
+) -> Any:
+    """``run_in_subprocess`` with a ``multiprocessing`` context of the caller's (a forkserver).
+
+    ``daemon=False`` lets ``fn`` start processes of its own (a pool).
+    """
+    __tracebackhide__ = True
     receiver, sender = ctx.Pipe(duplex=False)
     with tempfile.NamedTemporaryFile(prefix="forksafe-stacks-") as dump:
         process = ctx.Process(
-            target=_spawned, args=(sender, dump.name, fn, args, kwargs), daemon=True
+            target=_spawned, args=(sender, dump.name, fn, args, kwargs), daemon=daemon
         )
         process.start()
         sender.close()
@@ -197,4 +263,4 @@ def run_in_subprocess(fn: Callable[..., T], *args: Any, timeout: float = 30.0, *
             if process.is_alive():
                 process.kill()
                 process.join(5)
-    return _result(data)  # type: ignore[no-any-return]
+    return _result(data)

@@ -140,6 +140,12 @@ def shm_segments() -> set[str]:
 
 def host_processes() -> set[int]:
     """Pids of live forksafe model hosts on this machine (forks of a template)."""
+    marked = _forksafe_processes()
+    return {pid for pid, parent in marked.items() if parent in marked}
+
+
+def _forksafe_processes() -> dict[int, int]:
+    """Live processes started as a forksafe template (templates and their hosts): pid -> parent."""
     marked: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -154,7 +160,7 @@ def host_processes() -> set[int]:
             continue
         if fields[0] != "Z":
             marked[int(entry)] = int(fields[1])
-    return {pid for pid, parent in marked.items() if parent in marked}
+    return marked
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:

@@ -10,8 +10,8 @@ import pytest
 
 import forksafe
 from forksafe._host import wire
-from tests.procs import children_of, parent_of, segments_back_to, shm_segments, wait_gone
-from tests.scenarios import HostProbe
+from tests.support.fakes import HostProbe
+from tests.support.procs import children_of, parent_of, segments_back_to, shm_segments, wait_gone
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ import pytest
 
 from forksafe._host import client_private, wire
 from tests.faults.conftest import Tracked
-from tests.procs import children_of
+from tests.support.procs import children_of
 
 pytestmark = pytest.mark.timeout(300)
 NOT_THE_KEY = b"not the key" * 3

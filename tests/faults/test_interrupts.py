@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests import host_scenarios
 from tests.faults.conftest import Tracked, fault_once
-from tests.procs import wait_gone
+from tests.host_scenarios import stop_shared
 from tests.stress.scenarios import count
+from tests.support import fakes
+from tests.support.fakes import Recorder
+from tests.support.procs import wait_gone
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -72,7 +75,7 @@ def test_an_interrupt_at_each_step(
 
 def test_an_interrupt_while_the_model_loads(tracked: Tracked, soft_limit_signal: int) -> None:
     """A signal handler raises while the host is loading: the next use loads afresh."""
-    proxy = tracked.proxy(host_scenarios.Sleepy, 0.5)
+    proxy = tracked.proxy(fakes.NumpyModel, 2.0, 0.5)
     timer = threading.Timer(0.2, os.kill, (os.getpid(), soft_limit_signal))
     timer.start()
     with pytest.raises(SoftTimeLimit):
@@ -82,24 +85,25 @@ def test_an_interrupt_while_the_model_loads(tracked: Tracked, soft_limit_signal:
     assert forksafe.info(proxy).loads == 1
 
 
-def test_interrupt_storm(tracked: Tracked, soft_limit_signal: int) -> None:
-    """Signals at random moments of hundreds of calls, small and shared: never a wrong answer."""
-    rounds = count(600, 60)
+def _storm(proxy: Any, signum: int, rounds: int, answer: Any) -> tuple[int, int, set[int]]:
+    """Signals at random moments of ``rounds`` calls; every answer checked against ``answer``.
+
+    Returns how many calls were interrupted, how many answered, and the hosts seen.
+    """
     rng = random.Random(20261126)
-    proxy = tracked.proxy()
     hosts: set[int] = set()
     interrupted = answered = 0
     for i in range(rounds):
         x = np.full(rng.choice([3, 300_000]), float(i))
         # Half the calls are left alone, so hosts get to start and answer between hits.
         delay = rng.uniform(0.0, 0.006) if rng.random() < 0.5 else 3600.0
-        timer = threading.Timer(delay, os.kill, (os.getpid(), soft_limit_signal))
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signum))
         try:
             try:
                 timer.start()
                 y = proxy.predict(x)
                 hosts.add(forksafe.info(proxy).host_pid or 0)
-                np.testing.assert_array_equal(y, 2.0 * x)
+                np.testing.assert_array_equal(y, answer(x))
                 answered += 1
             finally:
                 timer.cancel()
@@ -108,11 +112,38 @@ def test_interrupt_storm(tracked: Tracked, soft_limit_signal: int) -> None:
                     pass
         except SoftTimeLimit:
             interrupted += 1
-    np.testing.assert_array_equal(proxy.predict(np.full(4, -1.0)), np.full(4, -2.0))
     print(
         f"\nSTRESS interrupt_storm: rounds={rounds} interrupted={interrupted} answered={answered}"
     )
+    return interrupted, answered, hosts
+
+
+def test_interrupt_storm(tracked: Tracked, soft_limit_signal: int) -> None:
+    """Signals at random moments of hundreds of calls, small and shared: never a wrong answer."""
+    proxy = tracked.proxy()
+    interrupted, answered, hosts = _storm(
+        proxy, soft_limit_signal, count(600, 60), lambda x: 2.0 * x
+    )
+    np.testing.assert_array_equal(proxy.predict(np.full(4, -1.0)), np.full(4, -2.0))
     assert interrupted and answered, "the storm never hit (or never missed) a call"
     current = forksafe.info(proxy).host_pid
     for pid in hosts - {current, 0}:
         assert wait_gone(pid)
+
+
+def test_interrupt_storm_on_a_shared_host(soft_limit_signal: int) -> None:
+    """The same storm on a shared host: never a wrong answer, and one host serves throughout.
+
+    An interrupted call retires its connection, not the host other processes use.
+    """
+    proxy = forksafe.lazy_model(Recorder, uuid.uuid4().hex, isolation="shared", timeout=60)
+    try:
+        host = proxy.pid()
+        interrupted, answered, hosts = _storm(
+            proxy, soft_limit_signal, count(600, 60), lambda x: 2.0 * x + 1.0
+        )
+        np.testing.assert_array_equal(proxy.predict(np.full(4, -1.0)), np.full(4, -1.0))
+        assert interrupted and answered, "the storm never hit (or never missed) a call"
+        assert hosts == {host} and proxy.pid() == host, (hosts, host)
+    finally:
+        stop_shared(proxy)

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests import host_scenarios
+from forksafe import testing
 from tests.faults.conftest import Tracked, fault_once
-from tests.procs import alive, parent_of, shm_segments, wait_gone
-from tests.scenarios import HostProbe
 from tests.stress.scenarios import count
+from tests.support import fakes
+from tests.support.fakes import HostProbe
+from tests.support.procs import alive, parent_of, shm_segments, wait_gone
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -47,7 +48,7 @@ def test_host_killed_while_loading(tracked: Tracked, tmp_path: Path) -> None:
     """The host dies inside the model's load: HostCrashedError, then a new host loads."""
     announce, hold = tmp_path / "host.pid", tmp_path / "hold"
     hold.write_text("")
-    proxy = tracked.proxy(host_scenarios.SlowToLoad, str(announce), str(hold))
+    proxy = tracked.proxy(fakes.SlowToLoad, str(announce), str(hold))
     killer = _kill_when_written(announce)
     with pytest.raises(forksafe.HostCrashedError, match="died during load"):
         proxy.predict(np.ones(2))
@@ -111,7 +112,7 @@ def test_template_killed_while_idle(tracked: Tracked) -> None:
 def test_template_killed_while_a_host_loads(tracked: Tracked, tmp_path: Path) -> None:
     """The template dies while its new host loads: that host still answers."""
     announce, hold = tmp_path / "host.pid", tmp_path / "hold"
-    proxy = tracked.proxy(host_scenarios.SlowToLoad, str(announce), str(hold))
+    proxy = tracked.proxy(fakes.SlowToLoad, str(announce), str(hold))
     hold.write_text("")
     template = tracked.template
     done: list[object] = []
@@ -140,8 +141,9 @@ def test_template_killed_during_the_handshake(tracked: Tracked) -> None:
 
 
 @pytest.mark.parametrize("moment", ["during a call", "between calls"])
-def test_client_killed(moment: str) -> None:
+def test_client_killed(moment: str, tmp_path: Path) -> None:
     """A fork child client SIGKILLed: its host exits and its segments are swept."""
+    inside = str(tmp_path / "inside")
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -151,7 +153,7 @@ def test_client_killed(moment: str) -> None:
             proxy.echo(big)
             os.write(write_fd, str(proxy.pid()).encode())
             if moment == "during a call":
-                proxy.hold(big, 60.0)
+                proxy.hold(big, 60.0, inside)
             time.sleep(60)
         finally:
             os._exit(0)
@@ -159,7 +161,8 @@ def test_client_killed(moment: str) -> None:
     try:
         assert select.select([read_fd], [], [], 60)[0], "the client child never got going"
         host = int(os.read(read_fd, 32))
-        time.sleep(0.2)  # most likely inside the call by now; either way it must clean up
+        if moment == "during a call":  # killed once the host runs the call, not before
+            assert testing.wait_until(lambda: os.path.exists(inside), 30), "no call began"
         mine = {n for n in shm_segments() if n.startswith(f"forksafe_{pid}_")}
         assert mine
     finally:

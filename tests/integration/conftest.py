@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 import forksafe
-from tests.procs import segments_back_to, shm_segments, wait_gone
-from tests.scenarios import HostProbe
+from tests.support.fakes import HostProbe
+from tests.support.procs import segments_back_to, shm_segments, wait_gone
 
 
 @pytest.fixture

@@ -4,34 +4,20 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import time
 import uuid
 from typing import Any
-from urllib.parse import urlparse
 
 import numpy as np
 import pytest
 
 from tests.models import Models
-from tests.procs import carrying, pss_kb
-from tests.workers.harness import celery_worker, runs_tensorflow, wait_until_warm, worker_process
+from tests.support import requires
+from tests.support.procs import carrying, pss_kb
+from tests.support.workers import celery_worker, runs_tensorflow, wait_until_warm, worker_process
 
 pytestmark = pytest.mark.timeout(300)
-celery = pytest.importorskip("celery", reason="celery is not installed")
-
-REDIS_URL = os.environ.get("FORKSAFE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-AMQP_URL = os.environ.get("FORKSAFE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-def reachable(url: str) -> bool:
-    """Whether something listens at the URL's host and port."""
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port), timeout=2):
-            return True
-    except OSError:
-        return False
+celery = requires.package("celery")
 
 
 def broker_env(kind: str, tmp: str) -> dict[str, str]:
@@ -45,12 +31,7 @@ def broker_env(kind: str, tmp: str) -> dict[str, str]:
             "FS_FS_DIR": folder,
             "FS_BACKEND": f"file://{os.path.join(tmp, 'results')}",
         }
-    url = REDIS_URL if kind == "redis" else AMQP_URL
-    if not reachable(url):
-        message = f"{kind} broker not reachable at {url}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI=true: a missing broker is a failure)")
-        pytest.skip(message)
+    url = requires.service(requires.REDIS_URL if kind == "redis" else requires.AMQP_URL, kind)
     return {"FS_BROKER": url, "FS_BACKEND": url if kind == "redis" else "rpc://"}
 
 
@@ -62,6 +43,7 @@ def run_worker(
     pool: str,
     tasks: int = 8,
     extra: dict[str, str] | None = None,
+    task: str = "fs.predict",
 ) -> tuple[list[dict[str, Any]], int]:
     """Start a worker, send ``tasks`` predictions, return the answers and the worker's pid."""
     from celery import Celery
@@ -74,9 +56,7 @@ def run_worker(
     x, _ = models.reference()
     with worker_process(args, env, os.path.join(tmp, "worker.log"), "ready.") as process:
         client = configure(Celery("forksafe_client"), env)
-        pending = [
-            client.send_task("fs.predict", args=[x.tolist()], queue=queue) for _ in range(tasks)
-        ]
+        pending = [client.send_task(task, args=[x.tolist()], queue=queue) for _ in range(tasks)]
         answers = [result.get(timeout=180) for result in pending]
         close_client(client)
         return answers, process.pid
@@ -96,7 +76,7 @@ def check(answers: list[dict[str, Any]], models: Models) -> set[int]:
 def test_every_pool_on_the_filesystem_broker(models: Models, tmp_path: Any, pool: str) -> None:
     """A module-level proxy answers right in every pool; one load per process."""
     if pool == "gevent":
-        pytest.importorskip("gevent", reason="gevent is not installed")
+        requires.package("gevent")
     answers, worker = run_worker(models, str(tmp_path), broker="filesystem", pool=pool)
     pids = check(answers, models)
     assert {a["in_effect"] for a in answers} == {"inprocess"}
@@ -113,6 +93,27 @@ def test_prefork_on_real_brokers(models: Models, tmp_path: Any, broker: str) -> 
     answers, worker = run_worker(models, str(tmp_path), broker=broker, pool="prefork")
     pids = check(answers, models)
     assert worker not in pids and len(pids) <= 2
+
+
+@pytest.mark.support("Celery", "-P prefork", case="@forksafe.inject, {parent}")
+@pytest.mark.parametrize("parent", ["untouched", "ran TensorFlow"])
+def test_inject_under_prefork_on_redis(models: Models, tmp_path: Any, parent: str) -> None:
+    """A task taking its model from ``@forksafe.inject``: each prefork child loads its own.
+
+    Right answers by value, one load per child, none in the worker's parent
+    (nothing loads at decoration); where the parent ran TensorFlow the
+    children's models run in hosts, as the module-level proxy's do.
+    """
+    poisoned = parent == "ran TensorFlow"
+    extra = {"FS_PARENT_RUNS_TF": "1"} if poisoned else {}
+    answers, worker = run_worker(
+        models, str(tmp_path), broker="redis", pool="prefork", extra=extra, task="fs.injected"
+    )
+    pids = check(answers, models)
+    assert worker not in pids and 1 <= len(pids) <= 2
+    assert {a["in_effect"] for a in answers} == {"process" if poisoned else "inprocess"}
+    for pid in pids:  # each child's own first task found its model unloaded: it loaded it
+        assert any(not a["loaded_before"] for a in answers if a["pid"] == pid), answers
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.helpers import fork_call, fork_many, run_clean
 from tests.models import Models
+from tests.support.children import fork_call, fork_many, run_clean
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from forksafe._frameworks import display
-from tests.integration.test_celery import REDIS_URL, reachable
 from tests.models import KERAS_BACKEND, Models
+from tests.support import requires
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -112,7 +112,7 @@ def test_doctor_suggests_lazy_model_for_a_model_built_by_code(
     tmp_path: Any, models: Models
 ) -> None:
     """A model from JSON plus weights cannot come from load_model(path): suggest lazy_model."""
-    from tests.helpers import run_clean
+    from tests.support.children import run_clean
 
     json_path, weights = run_clean(write_json_and_weights, models, str(tmp_path)).get()
     (tmp_path / "json_tasks.py").write_text(BUILT_BY_CODE)
@@ -166,11 +166,7 @@ def test_demo_answers_every_task_with_one_load_per_worker(broker: str, tmp_path:
     """
     args = ["demo", "--workers", "2", "--tasks", "6"]
     if broker == "redis":
-        if not reachable(REDIS_URL):
-            if os.environ.get("CI") == "true":
-                pytest.fail(f"redis not reachable at {REDIS_URL} (CI=true)")
-            pytest.skip(f"redis not reachable at {REDIS_URL}")
-        args += ["--broker", REDIS_URL]
+        args += ["--broker", requires.redis_url()]
     done = forksafe_cli(*args, cwd=str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "answered 6 of 6 tasks" in done.stdout

@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from tests.models import Models
-from tests.procs import children_of
-from tests.workers.engines import check_run, engine_or_skip, imports_tensorflow, run_driver
-from tests.workers.harness import worker_process
+from tests.support import requires
+from tests.support.procs import children_of
+from tests.support.workers import worker_process
+from tests.workers.engines import check_run, imports_tensorflow, run_driver
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -38,7 +39,7 @@ def wait_for_file(path: str, timeout: float = 60.0) -> None:
 @pytest.mark.parametrize("isolation", ["auto", "process"])
 def test_cli_scheduler_and_workers(models: Models, tmp_path: Any, isolation: str) -> None:
     """Right answers, one load per worker process, none in the driver or the scheduler."""
-    engine_or_skip("distributed", "dask.distributed")
+    requires.package("distributed")
     scheduler_file = str(tmp_path / "scheduler.json")
     load_log = str(tmp_path / "loads.log")
     scheduler_args = ["distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0"]

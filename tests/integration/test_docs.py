@@ -19,11 +19,9 @@ group. Two kinds of block are treated specially:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -32,7 +30,8 @@ from pathlib import Path
 import pytest
 
 from tests.models import Models
-from tests.workers.harness import ROOT
+from tests.support.procs import stop_group
+from tests.support.workers import ROOT
 
 PAGE_TIMEOUT = 150.0  # seconds for one page's script and tests, TensorFlow imports included
 pytestmark = pytest.mark.timeout(PAGE_TIMEOUT + 30)
@@ -141,12 +140,11 @@ def run_bounded(args: list[str], cwd: Path, timeout: float) -> tuple[int, str]:
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process, grace=2.0)
         output, _ = process.communicate()
         return -1, f"(killed after {timeout:.0f} s)\n{output}"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)  # anything it left behind
+        stop_group(process, grace=2.0)  # anything it left behind
     return process.returncode, output
 
 

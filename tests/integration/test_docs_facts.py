@@ -24,7 +24,7 @@ import pytest
 
 import forksafe
 from tests.models import Models
-from tests.workers.harness import ROOT
+from tests.support.workers import ROOT
 
 DOCS = Path(ROOT) / "docs"
 HOOKS = DOCS / "_hooks"

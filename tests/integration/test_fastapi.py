@@ -10,7 +10,7 @@ import pytest
 from tests.models import Models
 from tests.support import requires
 from tests.support.servers import check_answers, free_port, post_rows
-from tests.workers.harness import worker_process
+from tests.support.workers import worker_process
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.keras_backend("tensorflow")]
 APP = "tests.workers.fastapi_app:app"

@@ -8,8 +8,9 @@ import pytest
 import forksafe
 from forksafe._frameworks import display
 from tests import scenarios
-from tests.helpers import run_clean
 from tests.models import KERAS_BACKEND, Models
+from tests.support import requires
+from tests.support.children import run_clean
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -145,7 +146,7 @@ def test_fork_that_skips_python_hooks_is_caught_at_resolution() -> None:
 
 def test_gevent_reinit_after_a_raw_fork_resets_proxies() -> None:
     """gevent's reinit (its documented step after a fork) runs forksafe's child reset."""
-    pytest.importorskip("gevent", reason="gevent is not installed")
+    requires.package("gevent")
     result = run_clean(scenarios.raw_fork_backstop, True, spawn=True).get()
     child = result["child"]
     assert child["loaded_first"] == child["pid"] != result["parent_pid"]

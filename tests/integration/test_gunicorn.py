@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import socket
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,28 +9,13 @@ import numpy as np
 import pytest
 
 from tests.models import Models
-from tests.workers.harness import runs_tensorflow, wait_until_warm, worker_process
+from tests.support import requires
+from tests.support.servers import free_port, post_rows
+from tests.support.workers import runs_tensorflow, wait_until_warm, worker_process
 
 pytestmark = pytest.mark.timeout(300)
-pytest.importorskip("gunicorn", reason="gunicorn is not installed")
-pytest.importorskip("flask", reason="flask is not installed")
-
-
-def free_port() -> int:
-    """A port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def post(port: int, rows: list[list[float]]) -> dict[str, Any]:
-    """POST rows to /predict, bounded."""
-    body = json.dumps({"rows": rows}).encode()
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}/predict", data=body, headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=120) as response:
-        return json.loads(response.read())  # type: ignore[no-any-return]
+requires.package("gunicorn")
+requires.package("flask")
 
 
 def serve(
@@ -58,7 +40,7 @@ def serve(
     x, _ = models.reference()
     with worker_process(args, env, str(tmp / "gunicorn.log"), "Booting worker") as process:
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(lambda _: post(port, x.tolist()), range(requests)))
+            answers = list(pool.map(lambda _: post_rows(port, x.tolist()), range(requests)))
         return answers, process.pid
 
 
@@ -117,6 +99,6 @@ def test_post_fork_warm_hook(models: Models, tmp_path: Any) -> None:
         workers = wait_until_warm(process.pid, 2)
         assert len(workers) == 2 and all(runs_tensorflow(pid) for pid in workers)
         assert not runs_tensorflow(process.pid)
-        answer = post(port, x.tolist())
+        answer = post_rows(port, x.tolist())
     np.testing.assert_allclose(np.asarray(answer["y"]), reference, atol=1e-5)
     assert answer["loads"] == 1

@@ -15,10 +15,10 @@ import pytest
 
 import forksafe
 from tests import scenarios
-from tests.helpers import fork_call, run_clean, run_python
 from tests.models import KERAS_BACKEND, Models
-from tests.procs import parent_of, segments_back_to, shm_segments, wait_gone
-from tests.scenarios import HostProbe
+from tests.support.children import fork_call, run_clean, run_python
+from tests.support.fakes import HostProbe
+from tests.support.procs import parent_of, segments_back_to, shm_segments, wait_gone
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -151,8 +151,8 @@ def test_client_that_exits_leaves_no_host_and_no_template() -> None:
     """A client interpreter that exits normally takes its host and template with it."""
     host, template = client_pids("""
         import forksafe
-        from tests.procs import parent_of
-        from tests.scenarios import HostProbe
+        from tests.support.procs import parent_of
+        from tests.support.fakes import HostProbe
         proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
         host = proxy.pid()
         print(host, parent_of(host))
@@ -167,8 +167,8 @@ def test_killed_template_leaves_no_file_and_is_replaced(tmp_path: Path) -> None:
         """
         import os, signal
         import forksafe
-        from tests.procs import parent_of, wait_gone
-        from tests.scenarios import HostProbe
+        from tests.support.procs import parent_of, wait_gone
+        from tests.support.fakes import HostProbe
         first = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
         template = parent_of(first.pid())
         os.kill(template, signal.SIGKILL)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,9 @@ import pytest
 
 import forksafe
 from tests import host_scenarios
-from tests.helpers import fork_call, run_clean
 from tests.models import Models
+from tests.support import requires
+from tests.support.children import fork_call, python_process, run_clean
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -58,18 +57,7 @@ def test_an_interrupted_call_never_answers_a_later_one(
 
 def _client(code: str, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``code`` as a client script in a fresh interpreter, bounded; its output."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    path = os.environ.get("PYTHONPATH")
-    env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=cwd,
-        env=env,
-    )
+    return python_process(code, timeout=120, cwd=cwd)
 
 
 def test_host_output_goes_to_the_clients_stderr() -> None:
@@ -139,7 +127,7 @@ def test_a_remote_method_object_refuses_in_a_fork_child(probe: forksafe.ModelPro
     """The host model's own method object (not the proxy's) raises ForkSafeError in a child."""
     raw = probe.__wrapped__.predict  # reached past the proxy
     outcome = fork_call(lambda: raw(np.ones(2)), timeout=30)
-    assert isinstance(outcome.error, forksafe.ForkSafeError), outcome
+    assert outcome.raised and isinstance(outcome.error, forksafe.ForkSafeError), outcome
     assert "forked from it" in str(outcome.error)
     np.testing.assert_array_equal(raw(np.ones(2)), np.full(2, 2.0))  # the parent's still works
 
@@ -172,7 +160,8 @@ def test_exceptions_keep_their_builtin_class_and_never_import_the_hosts(
         probe.boom()
     assert type(builtin.value) is ValueError
     assert "model host process" in "".join(builtin.value.__notes__)
-    with pytest.raises(LookupError, match=r"tests\.scenarios\.CustomError: .*custom") as custom:
+    own = r"tests\.support\.fakes\.CustomError: .*custom"
+    with pytest.raises(LookupError, match=own) as custom:
         probe.custom_error()
     assert type(custom.value) is LookupError
     assert "raise CustomError" in "".join(custom.value.__notes__)  # the host's traceback
@@ -180,7 +169,7 @@ def test_exceptions_keep_their_builtin_class_and_never_import_the_hosts(
 
 def test_torch_tensors_that_require_grad_come_back_as_arrays() -> None:
     """A torch model's output (requires grad) crosses as a numpy array, detached."""
-    torch = pytest.importorskip("torch", reason="torch is not installed")
+    torch = requires.package("torch")
     proxy = forksafe.lazy_model(host_scenarios.torch_linear, isolation="process", timeout=120)
     x = np.arange(8, dtype="float32").reshape(2, 4)
     out = proxy(torch.from_numpy(x))

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.procs import wait_gone
-from tests.scenarios import HostProbe
+from tests.support.fakes import HostProbe
+from tests.support.procs import wait_gone
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -23,7 +23,7 @@ def test_connects_and_crashes_are_logged(caplog: pytest.LogCaptureFixture) -> No
     np.testing.assert_array_equal(proxy.predict(np.ones(2)), np.full(2, 2.0))
     host = forksafe.info(proxy).host_pid
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert f"connected to a private model host {host} (tests.scenarios.HostProbe)" in infos
+    assert f"connected to a private model host {host} (tests.support.fakes.HostProbe)" in infos
     os.kill(host, signal.SIGKILL)
     assert wait_gone(host)
     with pytest.raises(forksafe.HostCrashedError):

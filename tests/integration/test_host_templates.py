@@ -18,10 +18,10 @@ import pytest
 import forksafe
 from forksafe._host import client_private as host_tree
 from tests import host_scenarios
-from tests.helpers import run_clean
 from tests.models import Models
-from tests.procs import parent_of, segments_back_to, shm_segments, wait_gone
-from tests.scenarios import HostProbe
+from tests.support.children import run_clean, run_python
+from tests.support.fakes import HostProbe
+from tests.support.procs import parent_of, segments_back_to, shm_segments, wait_gone
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -79,7 +79,7 @@ def test_template_runs_nothing_from_the_working_directory(tmp_path: Path) -> Non
         tmp_path,
         """
         import forksafe
-        from tests.scenarios import HostProbe
+        from tests.support.fakes import HostProbe
         print(forksafe.lazy_model(HostProbe, isolation="process", timeout=60).value)
         """,
     )
@@ -124,8 +124,8 @@ def test_another_users_squatter_on_a_dead_templates_address_is_not_trusted() -> 
         import os, select, signal, socket
         import forksafe
         from forksafe._host import client_private as client
-        from tests.procs import parent_of, wait_gone
-        from tests.scenarios import HostProbe
+        from tests.support.procs import parent_of, wait_gone
+        from tests.support.fakes import HostProbe
         first = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
         template = parent_of(first.pid())
         address = client._templates.address
@@ -154,16 +154,7 @@ def test_another_users_squatter_on_a_dead_templates_address_is_not_trusted() -> 
             os.kill(squatter, signal.SIGKILL)
             os.waitpid(squatter, 0)
     """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["42", "True"]
+    assert run_python(code, timeout=120).split() == ["42", "True"]
 
 
 def _plant(name: str, *, directory: bool, owner: int | None) -> Path:

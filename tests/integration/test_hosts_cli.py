@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.host_scenarios import Recorder, stop_shared
-from tests.procs import alive, wait_gone
+from tests.host_scenarios import stop_shared
+from tests.support.fakes import Recorder
+from tests.support.procs import alive, wait_gone
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from tests.helpers import run_python
+from tests.support.children import run_python
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,7 +22,7 @@ _EMBEDDED = """
 import os, sys, uuid
 import numpy as np
 import forksafe
-from tests.host_scenarios import Recorder
+from tests.support.fakes import Recorder
 sys.executable = {binary!r}
 proxy = forksafe.lazy_model(Recorder, uuid.uuid4().hex, isolation={isolation!r}, timeout=60)
 try:
@@ -48,7 +48,7 @@ def test_an_explicit_interpreter_that_is_not_there_is_named_in_the_error() -> No
     code = """
     import numpy as np
     import forksafe
-    from tests.scenarios import HostProbe
+    from tests.support.fakes import HostProbe
     proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
     try:
         proxy.predict(np.ones(2))
@@ -66,7 +66,7 @@ def test_a_host_interpreter_that_fails_to_start_is_a_host_error() -> None:
     code = """
     import numpy as np
     import forksafe
-    from tests.scenarios import HostProbe
+    from tests.support.fakes import HostProbe
     proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
     try:
         proxy.predict(np.ones(2))

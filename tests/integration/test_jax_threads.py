@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 
-from tests.helpers import run_python
 from tests.models import Models
+from tests.support import requires
+from tests.support.children import run_python
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -53,12 +53,7 @@ THREADS_SCRIPT = """
 
 
 def _jax() -> None:
-    try:
-        import jax  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("jax is not installed (CI=true: it is part of the test extra)")
-        pytest.skip("jax is not installed")
+    requires.package("jax")
 
 
 def test_keras_jax_model_answers_every_thread(models: Models) -> None:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.helpers import fork_call, run_clean
-from tests.host_scenarios import Recorder, stop_shared
+from tests.host_scenarios import stop_shared
+from tests.support.children import fork_call, run_clean
+from tests.support.fakes import Recorder
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from forksafe import testing
-from tests.helpers import run_python
+from tests.support.children import run_python
 
 pytestmark = pytest.mark.timeout(300)
 

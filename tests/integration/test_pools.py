@@ -7,8 +7,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import run_clean
 from tests.models import Models
+from tests.support import requires
+from tests.support.children import run_clean
 from tests.workers import pools
 
 pytestmark = pytest.mark.timeout(300)
@@ -66,6 +67,6 @@ def test_process_pool_executor(models: Models, method: str, parent_ran_tf: bool)
 @PARENT
 def test_dask_local_cluster(models: Models, parent_ran_tf: bool) -> None:
     """dask.distributed LocalCluster with process workers (spawned: never hosted)."""
-    pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    requires.package("distributed")
     answers = run_clean(pools.dask, models, parent_ran_tf, timeout=240).get()
     check(answers, models, hosted=False)

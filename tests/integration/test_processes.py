@@ -9,8 +9,8 @@ import pytest
 
 import forksafe
 from tests import scenarios
-from tests.helpers import run_clean
 from tests.models import Models
+from tests.support.children import run_clean
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import tempfile
 import time
 import uuid
@@ -20,41 +19,21 @@ from typing import Any
 import pytest
 
 from tests.models import Models
-from tests.procs import alive
-from tests.workers.engines import check_run, engine_or_skip, run_driver
-from tests.workers.harness import ROOT, worker_process
+from tests.support import requires
+from tests.support.procs import carrying
+from tests.support.servers import free_port
+from tests.support.workers import ROOT, worker_process
+from tests.workers.engines import check_run, run_driver
 
 pytestmark = pytest.mark.timeout(420)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def started_with(marker: str) -> set[int]:
-    """Live processes whose environment holds ``marker`` (all that the cluster started)."""
-    found = set()
-    needle = marker.encode()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    if needle in f.read():
-                        found.add(int(entry))
-            except OSError:
-                continue
-    return {pid for pid in found if alive(pid)}
 
 
 def stopped(marker: str, timeout: float = 30.0) -> set[int]:
     """Wait, bounded, for the cluster's processes to exit; kill and return any left."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and started_with(marker):
+    while time.monotonic() < deadline and set(carrying(marker)):
         time.sleep(0.5)
-    left = started_with(marker)
+    left = set(carrying(marker))
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -64,7 +43,7 @@ def stopped(marker: str, timeout: float = 30.0) -> set[int]:
 @pytest.mark.support("Ray", "ray start --head, tasks, actors, Ray Data")
 def test_local_cluster(models: Models, tmp_path: Any) -> None:
     """Right answers, one load per worker process (tasks, actors, Ray Data), none in the driver."""
-    engine_or_skip("ray", "Ray")
+    requires.package("ray")
     port = free_port()
     load_log = str(tmp_path / "loads.log")
     # Ray's session directory holds Unix sockets: keep its path short.

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 
 from tests.models import Models
-from tests.procs import children_of
 from tests.support import requires
+from tests.support.procs import children_of
 from tests.support.servers import check_answers, free_port, post_rows, redis_names
-from tests.workers.harness import celery_worker, worker_process
+from tests.support.workers import celery_worker, worker_process
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.keras_backend("tensorflow")]
 

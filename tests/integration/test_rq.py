@@ -10,7 +10,7 @@ import pytest
 from tests.models import Models
 from tests.support import requires
 from tests.support.servers import check_answers, redis_names
-from tests.workers.harness import runs_tensorflow, worker_process
+from tests.support.workers import runs_tensorflow, worker_process
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.keras_backend("tensorflow")]
 

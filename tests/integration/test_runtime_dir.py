@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_python
+from tests.support.children import run_python
 
 pytestmark = pytest.mark.timeout(300)
 NOBODY = 65534
@@ -18,7 +18,7 @@ needs_root = pytest.mark.skipif(
 
 _CLIENT = """
 import os, numpy as np, forksafe
-from tests.host_scenarios import Recorder
+from tests.support.fakes import Recorder
 proxy = forksafe.lazy_model(Recorder, {tag!r}, isolation="shared", timeout=60)
 assert proxy.predict(np.ones(2)).tolist() == [3.0, 3.0]
 info = forksafe.info(proxy)
@@ -92,7 +92,7 @@ def test_when_no_directory_can_be_had_the_error_names_the_setting(tmp_path: Path
     (tmp_path / "no-such-home").write_text("not a directory")
     code = """
     import numpy as np, forksafe
-    from tests.host_scenarios import Recorder
+    from tests.support.fakes import Recorder
     proxy = forksafe.lazy_model(Recorder, "x", isolation="shared", timeout=30)
     try:
         proxy.predict(np.ones(2))

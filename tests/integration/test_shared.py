@@ -8,26 +8,27 @@ import multiprocessing
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import forksafe
+from forksafe import testing
 from forksafe._host import client_shared as shared_host
 from forksafe._host import wire
 from tests import host_scenarios, scenarios
-from tests.helpers import fork_many, run_clean
-from tests.host_scenarios import Recorder, stop_shared
+from tests.host_scenarios import stop_shared
 from tests.models import Models
-from tests.procs import wait_gone
+from tests.support.children import fork_many, run_clean, run_python
+from tests.support.fakes import Recorder
+from tests.support.procs import wait_gone
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -64,15 +65,8 @@ def test_fork_siblings_spawned_workers_and_unrelated_processes_share_one_host(ta
         from tests import host_scenarios
         print(host_scenarios.shared_client({tag!r}, 5, 20, 7)["host"])
     """
-    other = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    hosts = {r["host"] for r in [*forked, spawned]} | {int(other.stdout.split()[-1])}
+    other = run_python(code, timeout=120)
+    hosts = {r["host"] for r in [*forked, spawned]} | {int(other.split()[-1])}
     assert len(hosts) == 1, hosts
     assert all(r["wrong"] == 0 for r in [*forked, spawned])
     assert hosts.isdisjoint({r["pid"] for r in [*forked, spawned]} | {os.getpid()})
@@ -145,19 +139,21 @@ def test_a_dead_host_is_one_error_per_client_and_one_replacement(tag: str) -> No
     assert len(replacements) == 1 and first not in replacements
 
 
-def test_a_client_that_dies_mid_call_costs_the_others_nothing(tag: str) -> None:
+def test_a_client_that_dies_mid_call_costs_the_others_nothing(tag: str, tmp_path: Path) -> None:
     """One client is killed inside a call; the others' calls (joined or not) all answer."""
     proxy = shared(tag, max_wait_ms=20)
     host = proxy.pid()
+    inside = str(tmp_path / "inside")
 
     pid = os.fork()
     if pid == 0:
         try:
-            shared(tag).hang(30)
+            shared(tag).hang(30, inside)
         finally:
             os._exit(0)
     try:
-        time.sleep(0.5)  # most likely inside hang() by now: the model's thread is busy
+        # Killed only once the host runs its call: the model's thread is busy with it.
+        assert testing.wait_until(lambda: os.path.exists(inside), 30), "the call never began"
         os.kill(pid, signal.SIGKILL)
     finally:
         os.waitpid(pid, 0)

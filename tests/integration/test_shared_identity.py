@@ -9,9 +9,6 @@ a host that another environment started.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,31 +18,19 @@ import pytest
 
 import forksafe
 from forksafe import testing
-from tests.helpers import fork_call, run_clean
 from tests.host_scenarios import stop_shared
 from tests.support import requires
+from tests.support.children import fork_call, run_clean, run_python
+from tests.support.fakes import NumpyModel
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class Scaled:
-    """A framework-free model whose answer says which file it was loaded from."""
-
-    def __init__(self, scale: float) -> None:
-        self.scale = scale
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return x * self.scale
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
-def load_scale(path: str) -> Scaled:
+def load_scale(path: str) -> NumpyModel:
     """A loader: the file holds the model's one weight."""
     with open(path, encoding="utf-8") as f:
-        return Scaled(float(f.read()))
+        return NumpyModel(float(f.read()))
 
 
 def deploy(path: Path, text: str) -> None:
@@ -148,17 +133,7 @@ def test_a_client_that_reconnects_after_its_host_died_gets_the_deployed_model(
 
 def _client_in(env: dict[str, str], code: str) -> dict[str, Any]:
     """Run ``code`` (which prints a repr of a dict) in a fresh interpreter with ``env``."""
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return eval(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return eval(run_python(code, timeout=240, **env).splitlines()[-1])  # type: ignore[no-any-return]
 
 
 _KERAS_CLIENT = """

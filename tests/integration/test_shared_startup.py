@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -12,31 +11,18 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.helpers import fork_many
 from tests.host_scenarios import stop_shared
+from tests.support.children import fork_many
+from tests.support.fakes import Recorder
 
 pytestmark = pytest.mark.timeout(600)
 PROCESSES = 32
 THREADS = 16
 
 
-class SlowToStart:
-    """A row-wise model that takes ``seconds`` to load, as a large model does."""
-
-    def __init__(self, tag: str, seconds: float) -> None:
-        self.tag = tag
-        time.sleep(seconds)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return x * 2.0 + 1.0
-
-    def pid(self) -> int:
-        return os.getpid()
-
-
 def _first_calls(tag: str, index: int) -> dict[str, Any]:
     """In one worker of the pool: 16 threads make their first call at once."""
-    proxy = forksafe.lazy_model(SlowToStart, tag, 3.0, isolation="shared", timeout=60)
+    proxy = forksafe.lazy_model(Recorder, tag, 0.0, 3.0, isolation="shared", timeout=60)
     start = threading.Barrier(THREADS)
     outcomes: list[str] = []
 
@@ -74,4 +60,4 @@ def test_512_first_calls_at_once_while_the_model_loads() -> None:
     assert outcomes.count("right") >= 0.9 * len(outcomes), outcomes.count("HostTimeoutError")
     hosts = {r["host"] for r in results} - {None}
     assert len(hosts) == 1, hosts
-    stop_shared(forksafe.lazy_model(SlowToStart, tag, 3.0, isolation="shared", timeout=60))
+    stop_shared(forksafe.lazy_model(Recorder, tag, 0.0, 3.0, isolation="shared", timeout=60))

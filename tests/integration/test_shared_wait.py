@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.host_scenarios import Recorder, stop_shared
+from tests.host_scenarios import stop_shared
+from tests.support.fakes import Recorder
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from tests.models import Models
-from tests.workers.engines import check_run, engine_or_skip, run_driver
+from tests.support import requires
+from tests.workers.engines import check_run, run_driver
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -25,13 +26,10 @@ pytestmark = pytest.mark.timeout(420)
 @pytest.mark.parametrize("reuse", ["true", "false"], ids=["reuse", "no-reuse"])
 def test_local_session(models: Models, tmp_path: Any, reuse: str) -> None:
     """Right answers, one load per Python worker process, none in the driver."""
-    engine_or_skip("pyspark", "PySpark")
-    engine_or_skip("pyarrow", "pyarrow (PySpark's pandas functions)")
+    requires.package("pyspark")
+    requires.package("pyarrow")
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        message = "Java is not installed (PySpark needs a JVM)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI=true: a missing engine is a failure)")
-        pytest.skip(message)
+        requires.missing("needs Java (PySpark needs a JVM): apt-get install default-jre")
     load_log = str(tmp_path / "loads.log")
     env = {
         "PYSPARK_PYTHON": sys.executable,

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.helpers import run_clean
 from tests.models import Models
+from tests.support.children import run_clean
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -18,7 +18,7 @@ import pytest
 from tests.models import Models
 from tests.support import requires
 from tests.support.servers import check_answers, free_port, post_rows
-from tests.workers.harness import ROOT, worker_process
+from tests.support.workers import ROOT, worker_process
 
 pytestmark = [pytest.mark.timeout(600), pytest.mark.keras_backend("tensorflow")]
 

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.helpers import run_clean
 from tests.integration.test_celery import broker_env
 from tests.models import Models
-from tests.procs import children_of, rss_kb, segments_back_to, shm_segments, wait_gone
-from tests.scenarios import HostProbe
 from tests.stress import scenarios
 from tests.stress.scenarios import count
-from tests.workers.harness import celery_worker, worker_process
+from tests.support.children import run_clean
+from tests.support.fakes import HostProbe
+from tests.support.procs import children_of, rss_kb, segments_back_to, shm_segments, wait_gone
+from tests.support.workers import celery_worker, worker_process
 
 pytestmark = [pytest.mark.stress, pytest.mark.timeout(1800)]
 
@@ -64,6 +64,7 @@ def test_thread_storm(models: Models, fork_every: float) -> None:
     assert result["loads"] == 1
     assert not result["wrong"]
     assert result["forks"]["hangs"] == 0 and result["forks"]["reused"] == 0
+    assert (result["forks"]["tried"] >= 1) == bool(fork_every), result["forks"]
 
 
 def test_fork_during_load(models: Models) -> None:
@@ -112,7 +113,8 @@ def test_fuzzed_model_files(models: Models, tmp_path: Any, fmt: str, isolation: 
     """Mutated model files: only documented outcomes, no hang, the caller survives.
 
     .h5 goes through a host: some corrupt HDF5 files make h5py spin forever in
-    C code, which only a separate process can bound (HostTimeoutError).
+    C code, which only a separate process can bound: a ``HostTimeoutError`` is
+    accepted only for a file whose bare load (Keras, no forksafe) hangs too.
     """
     path = models.keras if fmt == "keras" else models.h5
     total = count(1000, 100) if fmt == "keras" else count(1000, 40)
@@ -121,7 +123,7 @@ def test_fuzzed_model_files(models: Models, tmp_path: Any, fmt: str, isolation: 
     ).get()
     report(f"fuzz_{fmt}", result)
     assert result["tried"] == total
-    allowed = {"ModelLoadError", "loaded", "HostTimeoutError", "HostCrashedError"}
+    allowed = {"ModelLoadError", "loaded", "HostTimeoutError (bare load hangs)", "HostCrashedError"}
     assert set(result["outcomes"]) <= allowed, result["undocumented"]
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.helpers import run_python
 from tests.models import Models
+from tests.support.children import run_python
 
 
 def load_error(path: str | pathlib.Path, **kwargs: object) -> forksafe.ModelLoadError:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tests.helpers import run_python
 from tests.models import Models
+from tests.support.children import run_python
 
 
 def test_import_and_proxy_creation_import_no_framework(tmp_path: object) -> None:

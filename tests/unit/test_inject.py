@@ -10,7 +10,7 @@ import pytest
 
 import forksafe
 from tests.models import Models
-from tests.scenarios import NumpyModel
+from tests.support.fakes import NumpyModel
 
 SHARED = forksafe.lazy_model(NumpyModel, 3.0)
 

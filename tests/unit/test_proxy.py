@@ -12,7 +12,7 @@ import pytest
 import forksafe
 import forksafe.testing
 from tests.models import KERAS_BACKEND, Models
-from tests.scenarios import NumpyModel
+from tests.support.fakes import NumpyModel
 
 
 @pytest.fixture
@@ -251,7 +251,7 @@ def test_truth_hash_and_equality_never_load() -> None:
 
 def identity_across_fork() -> tuple[tuple[int, bool, bool, bool], int]:
     """In a clean process: hash, equality and membership of a proxy reloaded in a fork child."""
-    from tests.helpers import fork_call
+    from tests.support.children import fork_call
 
     proxy = forksafe.lazy_model(NumpyModel)
     proxy.scale  # noqa: B018  (loaded in the parent)
@@ -267,7 +267,7 @@ def identity_across_fork() -> tuple[tuple[int, bool, bool, bool], int]:
 
 def test_identity_holds_across_a_reload_after_fork() -> None:
     """In a fork child the reloaded proxy keeps its hash, equality and set membership."""
-    from tests.helpers import run_clean
+    from tests.support.children import run_clean
 
     child, parent_hash = run_clean(identity_across_fork, timeout=60).get()
     assert child == (parent_hash, True, True, True)

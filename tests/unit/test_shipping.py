@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 
 import forksafe
-from tests.helpers import fork_call, run_clean, run_python
-from tests.scenarios import NumpyModel
+from tests.support import requires
+from tests.support.children import fork_call, run_clean, run_python
+from tests.support.fakes import NumpyModel
 
 X = np.arange(6, dtype="float32").reshape(3, 2)
 
@@ -153,7 +154,7 @@ def cloudpickle_ships() -> None:
 
 def test_cloudpickle_ships_the_proxy_unloaded() -> None:
     """cloudpickle: the proxy itself, in a closure and in a partial; none loads in the sender."""
-    pytest.importorskip("cloudpickle", reason="cloudpickle is not installed")
+    requires.package("cloudpickle")
     framework_free(cloudpickle_ships)
 
 
@@ -174,12 +175,12 @@ def dask_tokens() -> str:
 
 def test_dask_tokenize_is_deterministic_and_never_loads() -> None:
     """The token comes from the source and options: equal for equal sources, loaded or not."""
-    pytest.importorskip("dask.tokenize", reason="dask is not installed")
+    requires.package("dask.tokenize")
     token = framework_free(dask_tokens)
     code = """
         import forksafe
         from dask.tokenize import tokenize
-        from tests.scenarios import NumpyModel
+        from tests.support.fakes import NumpyModel
         print(tokenize(forksafe.lazy_model(NumpyModel, 3.0)))
     """
     assert run_python(code, timeout=120) == token  # another interpreter agrees
@@ -204,7 +205,7 @@ def dask_serializes() -> None:
 
 def test_dask_serializers_and_task_specs_never_load() -> None:
     """distributed's serialize (as scatter does), its pickle, and a task spec holding the proxy."""
-    pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    requires.package("distributed")
     framework_free(dask_serializes)
 
 
@@ -243,7 +244,7 @@ def test_dataframe_map_partitions_reads_positional_extras() -> None:
 
     A keyword, a partial or a closure ships the proxy unloaded.
     """
-    pytest.importorskip("dask.dataframe", reason="dask.dataframe is not installed")
+    requires.package("dask.dataframe")
     loaded = framework_free(dataframe_ways)
     assert loaded == {"keyword": False, "partial": False, "closure": False, "positional": True}
 
@@ -275,7 +276,7 @@ def test_a_method_ships_as_its_proxy_and_name() -> None:
     It pickles as ``getattr(proxy, "predict")``: the receiver gets the method of
     the model loaded there, and Dask's token is deterministic.
     """
-    pytest.importorskip("distributed", reason="dask.distributed is not installed")
+    requires.package("distributed")
     framework_free(method_ships)
 
 
@@ -285,7 +286,7 @@ def test_arrivals_of_a_factory_pickled_by_value_share_one_proxy() -> None:
     Every task that brings the proxy brings a copy of the function; the copies
     must still be one proxy per process, or each task loads the model again.
     """
-    cloudpickle = pytest.importorskip("cloudpickle", reason="cloudpickle is not installed")
+    cloudpickle = requires.package("cloudpickle")
     proxy = forksafe.lazy_model(lambda: NumpyModel(2.0))
     data = cloudpickle.dumps(proxy)
     first, second = pickle.loads(data), pickle.loads(data)

@@ -12,7 +12,7 @@ import forksafe
 from forksafe._host import wire
 from forksafe._host.plain import is_plain
 from forksafe._host.shm import Shared
-from tests.scenarios import CustomError, Gadget
+from tests.support.fakes import CustomError, Gadget
 
 
 def _reply(rid: int, message: object) -> bytes:
@@ -56,7 +56,7 @@ def test_a_reply_that_would_run_code_is_refused(tmp_path: Path) -> None:
     """A pickle that calls a function when loaded: HostError naming it, and nothing ran."""
     marker = tmp_path / "ran"
     frame = _reply(1, ("ok", Gadget(str(marker))))
-    with pytest.raises(forksafe.HostError, match=r"tests\.scenarios\.touch.*does not decode"):
+    with pytest.raises(forksafe.HostError, match=r"tests\.support\.fakes\.touch.*does not decode"):
         wire.decode(frame, 1)
     assert not marker.exists()
     # The same bytes through plain pickle would have run it: the test is not vacuous.
@@ -96,7 +96,7 @@ def test_error_envelopes_of_other_classes_use_their_builtin_base() -> None:
     """A model's own exception class is never imported here: its builtin base carries it."""
     back = wire.raise_envelope(wire.error_envelope(CustomError("nope", 1), ""), 1)
     assert type(back) is LookupError
-    assert str(back) == "tests.scenarios.CustomError: ('nope', 1)"
+    assert str(back) == "tests.support.fakes.CustomError: ('nope', 1)"
 
 
 def test_an_envelope_naming_a_non_exception_is_harmless() -> None:

@@ -3,7 +3,8 @@
 Configured from the environment (the worker is a subprocess): FS_BROKER,
 FS_BACKEND, FS_FS_DIR (filesystem broker), FS_MODEL, FS_PARENT_RUNS_TF=1 (the
 original report's import-time load and predict, in the worker's parent),
-FS_WARM=1 (forksafe.celery.install).
+FS_WARM=1 (forksafe.celery.install). ``fs.injected`` takes its model from
+``@forksafe.inject`` instead of the module-level proxy.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import os
 import time
 from typing import Any
 
+import numpy as np
 from celery import Celery
 
+import forksafe
 import forksafe.celery
 from tests.workers.celery_config import configure
 
@@ -31,6 +34,21 @@ if os.environ.get("FS_WARM") == "1":
 def predict(rows: list[list[float]]) -> dict[str, Any]:
     """Predict and report which process answered and how it holds the model."""
     return answer(rows)
+
+
+@app.task(name="fs.injected")
+@forksafe.inject(model=os.environ.get("FS_MODEL", "model.keras"))
+def injected(rows: list[list[float]], model: forksafe.ModelProxy) -> dict[str, Any]:
+    """Predict with the model ``forksafe.inject`` hands this process; report as ``predict``."""
+    info = forksafe.info(model)
+    y = model.predict_on_batch(np.asarray(rows, "float32"))
+    return {
+        "pid": os.getpid(),
+        "y": np.asarray(y).tolist(),
+        "loads": forksafe.info(model).loads,
+        "in_effect": forksafe.info(model).in_effect,
+        "loaded_before": info.loaded,  # the injected model never came loaded from the parent
+    }
 
 
 @app.task(name="fs.slow_predict")

@@ -18,10 +18,10 @@ import sys
 from typing import Any
 
 import numpy as np
-import pytest
 
 import forksafe
-from tests.workers.harness import ROOT
+from tests.support.procs import stop_group
+from tests.support.workers import ROOT
 
 DRIVER_TIMEOUT = 240.0
 
@@ -77,8 +77,7 @@ def run_driver(module: str, args: list[str], env: dict[str, str], log: str) -> d
         try:
             code = process.wait(DRIVER_TIMEOUT)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait(10)
+            stop_group(process, grace=2.0)
             code = -9
     with open(log, encoding="utf-8", errors="replace") as f:
         text = f.read()
@@ -131,14 +130,3 @@ def imports_tensorflow(pid: int) -> bool:
             return "_pywrap_tensorflow" in f.read()
     except OSError:
         return False
-
-
-def engine_or_skip(module: str, what: str) -> Any:
-    """Import an engine, or skip naming it; under ``CI=true`` a missing engine is a failure."""
-    try:
-        return __import__(module)
-    except ImportError as exc:
-        message = f"{what} is not installed ({exc}); pip install -e '.[dev]' installs it"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message} (CI=true: a missing engine is a failure)")
-        pytest.skip(message)

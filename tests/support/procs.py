@@ -8,9 +8,12 @@ here is bounded.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
+from typing import Any
 
-from forksafe.testing import shm_segments
+from forksafe.testing import _TEMPLATE_MARK, _forksafe_processes, shm_segments
 
 __all__ = [
     "alive",
@@ -21,11 +24,10 @@ __all__ = [
     "rss_kb",
     "segments_back_to",
     "shm_segments",
+    "stop_group",
     "templates",
     "wait_gone",
 ]
-
-_TEMPLATE_MARK = b"forksafe._host.host_template import main"
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -91,19 +93,7 @@ def segments_back_to(
 
 def templates() -> set[int]:
     """Pids of live forksafe host templates (not their hosts) on this machine."""
-    marked: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if _TEMPLATE_MARK not in f.read():
-                    continue
-        except OSError:
-            continue
-        fields = _stat(int(entry))
-        if fields is not None and fields[0] != "Z":
-            marked[int(entry)] = int(fields[1])
+    marked = _forksafe_processes()
     return {pid for pid, parent in marked.items() if parent not in marked}
 
 
@@ -115,6 +105,7 @@ def carrying(marker: str) -> dict[int, str]:
     """
     needle = marker.encode()
     found: dict[int, str] = {}
+    forksafes: set[int] | None = None  # read once, when a template is met
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -131,23 +122,9 @@ def carrying(marker: str) -> dict[int, str]:
             continue
         role = "process"
         if templated:
-            role = "host" if int(fields[1]) in templates_and_hosts() else "template"
+            forksafes = set(_forksafe_processes()) if forksafes is None else forksafes
+            role = "host" if int(fields[1]) in forksafes else "template"
         found[int(entry)] = role
-    return found
-
-
-def templates_and_hosts() -> set[int]:
-    """Pids of every live process started as a forksafe template (hosts included)."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if _TEMPLATE_MARK in f.read():
-                    found.add(int(entry))
-        except OSError:
-            continue
     return found
 
 
@@ -170,3 +147,26 @@ def rss_kb(pid: int) -> int | None:
 def pss_kb(pid: int) -> int | None:
     """Proportional set size of ``pid`` in KiB (shared pages split among their users)."""
     return _status_kb(pid, "Pss:", "smaps_rollup")
+
+
+def stop_group(process: subprocess.Popen[Any], grace: float = 10.0) -> None:
+    """Stop ``process`` and its whole process group (``start_new_session``): TERM, then KILL.
+
+    Bounded: ``grace`` seconds per signal; the group is killed even after its
+    leader exits, since children outliving their parent still belong to it.
+    """
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(grace)
+            # Children outliving their parent still belong to the group.
+            os.killpg(process.pid, signal.SIGKILL)
+        except (subprocess.TimeoutExpired, ProcessLookupError):
+            continue
+        break
+    if process.poll() is None:
+        process.kill()
+        process.wait(10)
