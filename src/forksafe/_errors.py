@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "ForkSafeError",
     "ForkSafeWarning",
@@ -15,6 +17,13 @@ __all__ = [
 
 class ForkSafeError(Exception):
     """Base class of every error forksafe raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt by calling the class, never by a builtin base's ``__new__``:
+        # with two builtin bases (``HostTimeoutError``: RuntimeError and
+        # TimeoutError) tblib's pickling, which Dask installs, would call the
+        # wrong one and fail to send the error.
+        return type(self), self.args, self.__dict__ or None
 
 
 class ModelLoadError(ForkSafeError, OSError):
@@ -55,3 +64,17 @@ class HostTimeoutError(HostError, TimeoutError):
 
 class ForkSafeWarning(UserWarning):
     """Something works, but not the way you probably expect (for example, out of process)."""
+
+
+# Tracebacks and pickles name them where users import them from: ``forksafe.HostError``.
+for _public in (
+    ForkSafeError,
+    ModelLoadError,
+    InheritedRuntimeError,
+    HostError,
+    HostCrashedError,
+    HostTimeoutError,
+    ForkSafeWarning,
+):
+    _public.__module__ = "forksafe"
+del _public
