@@ -1,4 +1,10 @@
-"""Comparing outcomes: equal results (arrays to a tolerance) or equal exception types."""
+"""Comparing outcomes, strictly: equal results by value, or the same exception and message.
+
+Arrays compare to a tolerance; objects by what they hold (a variable's value,
+a config, a history: see ``runner.normalize``); exceptions by type *and*
+message (addresses and temporary paths taken out by the runner). One side
+raising and the other not is a difference.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +33,11 @@ def same_value(a: Any, b: Any) -> bool:
 
 
 def same_outcome(bare: tuple[Any, ...], other: tuple[Any, ...]) -> bool:
-    """Both returned equal results, or both raised the same exception type."""
+    """Both returned equal results, or both raised the same exception with the same message."""
     if bare[0] != other[0]:
         return False
     if bare[0] == "raised":
-        return bool(bare[1] == other[1])
+        return bool(bare[1:3] == other[1:3])
     return same_value(bare[1], other[1])
 
 

@@ -3,7 +3,8 @@
 Each usage takes the model (bare, or a proxy of the same file) and a
 ``Context`` and returns something comparable. ``flavors`` says where it
 applies; ``host`` that it can cross a process boundary, so it also runs
-through a model host.
+through a model host; ``changes`` that it changes the model (its weights, its
+compiled state), so through a shared host it needs a host of its own.
 """
 
 from __future__ import annotations
@@ -30,18 +31,19 @@ class Usage:
     fn: Callable[[Any, Any], Any]
     flavors: tuple[str, ...]
     host: bool
+    changes: bool
 
 
 USAGES: list[Usage] = []
 
 
 def usage(
-    flavors: tuple[str, ...] = ALL, host: bool = False
+    flavors: tuple[str, ...] = ALL, host: bool = False, changes: bool = False
 ) -> Callable[[Callable[[Any, Any], Any]], Callable[[Any, Any], Any]]:
     """Register a usage under its function's name."""
 
     def register(fn: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-        USAGES.append(Usage(fn.__name__, fn, flavors, host))
+        USAGES.append(Usage(fn.__name__, fn, flavors, host, changes))
         return fn
 
     return register
@@ -154,7 +156,7 @@ def fit(m: Any, ctx: Any) -> Any:
     return history.history["loss"]
 
 
-@usage(host=True)
+@usage(host=True, changes=True)
 def compile_fit_through_methods(m: Any, ctx: Any) -> Any:
     m.compile(optimizer="sgd", loss="mse")
     m.fit(ctx.x, ctx.y, epochs=1, batch_size=8, shuffle=False, verbose=0)
@@ -344,7 +346,7 @@ def save_h5(m: Any, ctx: Any) -> Any:
     return _reload(ctx, path)
 
 
-@usage(host=True)
+@usage(host=True, changes=True)
 def save_and_load_weights(m: Any, ctx: Any) -> Any:
     path = ctx.file("model.weights.h5")
     m.save_weights(path)
@@ -420,13 +422,13 @@ def count_params(m: Any, ctx: Any) -> Any:
     return m.count_params()
 
 
-@usage(host=True)
+@usage(host=True, changes=True)
 def get_and_set_weights(m: Any, ctx: Any) -> Any:
     m.set_weights([w * 2 for w in m.get_weights()])
     return m.get_weights(), m.predict(ctx.x, verbose=0)
 
 
-@usage(host=True)
+@usage(host=True, changes=True)
 def set_trainable(m: Any, ctx: Any) -> Any:
     m.trainable = False
     return m.trainable, len(m.trainable_weights)
