@@ -25,11 +25,10 @@ X = np.linspace(-1.0, 1.0, 32, dtype="float32").reshape(8, 4)
 
 
 def build(path: str) -> None:
-    """Save a tiny model (in a spawned process, so this one never starts TensorFlow)."""
-    import keras
+    """Save a tiny model with fixed weights (in a spawned process: this one never starts TF)."""
+    from forksafe.testing import build_tiny_model
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="out")])
-    model.save(path)
+    build_tiny_model().save(path)
 
 
 def work(batch: np.ndarray) -> tuple[int, int, float]:
