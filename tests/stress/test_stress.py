@@ -128,18 +128,13 @@ def test_fuzzed_model_files(models: Models, tmp_path: Any, fmt: str, isolation: 
 
 
 def slope_kb_per_s(samples: list[tuple[float, int]]) -> float:
-    """Least-squares slope of RSS over time on a child's plateau.
-
-    The plateau is every sample within 2% of the child's peak: what remains once
-    the warm-up (importing TensorFlow, loading the model) is done.
-    """
-    peak = max(rss for _, rss in samples)
-    kept = [(t, rss) for t, rss in samples if rss >= 0.98 * peak]
-    if len(kept) < 3:
+    """Least-squares slope of RSS over the second half of a child's life (KiB/s)."""
+    t = np.array([s[0] for s in samples])
+    kept = t >= t[0] + (t[-1] - t[0]) / 2
+    if kept.sum() < 3:
         return 0.0
-    t = np.array([s[0] for s in kept])
-    r = np.array([s[1] for s in kept], dtype=float)
-    return float(np.polyfit(t - t[0], r, 1)[0])
+    r = np.array([s[1] for s in samples], dtype=float)[kept]
+    return float(np.polyfit(t[kept] - t[kept][0], r, 1)[0])
 
 
 def test_celery_soak_with_child_recycling(models: Models, tmp_path: Any) -> None:
@@ -197,3 +192,9 @@ def test_celery_soak_with_child_recycling(models: Models, tmp_path: Any) -> None
     assert wrong == 0
     assert all(a["loads"] == 1 for a in answers)
     assert len(pids) >= tasks // per_child  # children really were recycled
+    # No growth across generations: every child ends within 5% of the others (a leak
+    # in the parent, inherited by each fork, or in what the children share, shows
+    # here). The slopes are reported, not asserted: at reduced counts a child lives
+    # ~10 s and its RSS still climbs from TensorFlow's start through its whole life.
+    last = [s[-1][1] for s in samples.values() if len(s) >= 6]
+    assert len(last) >= 2 and max(last) <= 1.05 * min(last), last
