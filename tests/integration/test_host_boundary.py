@@ -18,6 +18,7 @@ import forksafe
 from tests import host_scenarios
 from tests.helpers import fork_call, run_clean
 from tests.models import Models
+from tests.support import requires
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -180,7 +181,7 @@ def test_exceptions_keep_their_builtin_class_and_never_import_the_hosts(
 
 def test_torch_tensors_that_require_grad_come_back_as_arrays() -> None:
     """A torch model's output (requires grad) crosses as a numpy array, detached."""
-    torch = pytest.importorskip("torch", reason="torch is not installed")
+    torch = requires.package("torch")
     proxy = forksafe.lazy_model(host_scenarios.torch_linear, isolation="process", timeout=120)
     x = np.arange(8, dtype="float32").reshape(2, 4)
     out = proxy(torch.from_numpy(x))
