@@ -24,10 +24,9 @@ import hashlib
 import os
 import tempfile
 import time
-import warnings
 
 from forksafe import _forking
-from forksafe._errors import ForkSafeWarning
+from forksafe._errors import ForkSafeWarning, warn
 
 __all__ = ["THRESHOLD", "WINDOW_S", "note_load"]
 
@@ -147,13 +146,11 @@ def note_load(what: str) -> None:
         return
     # Advice only: a filter that turns warnings into errors must not fail the load.
     with contextlib.suppress(ForkSafeWarning):
-        warnings.warn(
+        warn(
             f"model {what!r} was loaded in-process by {count} fork children of process "
             f"{parent} within {WINDOW_S:.0f} s, each living for a job or a few (a fork per job "
             "or per request: RQ's work horse, Celery --max-tasks-per-child, gunicorn "
             "--max-requests): each child imports the framework and loads the model again. "
             "Pass isolation='shared' to load it once for all of them (each job then makes "
-            f"its calls to that one host), or run jobs in long-lived workers; see {GUIDE}.",
-            ForkSafeWarning,
-            stacklevel=3,
+            f"its calls to that one host), or run jobs in long-lived workers; see {GUIDE}."
         )

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+from typing import Any
+
 __all__ = [
     "ForkSafeError",
     "ForkSafeWarning",
@@ -15,6 +20,13 @@ __all__ = [
 
 class ForkSafeError(Exception):
     """Base class of every error forksafe raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt by calling the class, never by a builtin base's ``__new__``:
+        # with two builtin bases (``HostTimeoutError``: RuntimeError and
+        # TimeoutError) tblib's pickling, which Dask installs, would call the
+        # wrong one and fail to send the error.
+        return type(self), self.args, self.__dict__ or None
 
 
 class ModelLoadError(ForkSafeError, OSError):
@@ -55,3 +67,32 @@ class HostTimeoutError(HostError, TimeoutError):
 
 class ForkSafeWarning(UserWarning):
     """Something works, but not the way you probably expect (for example, out of process)."""
+
+
+# Frames of these files are forksafe's (or wrapt's pure-Python fallback): a warning
+# names the first frame outside them, the user's line.
+_OURS = (os.path.dirname(os.path.abspath(__file__)) + os.sep, f"{os.sep}wrapt{os.sep}")
+
+
+def warn(message: str) -> None:
+    """A ``ForkSafeWarning`` attributed to the user's line, however deep forksafe's frames."""
+    frame = sys._getframe(1)
+    level = 2  # the caller of this function
+    while frame.f_back is not None and any(p in frame.f_code.co_filename for p in _OURS):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, ForkSafeWarning, stacklevel=level)
+
+
+# Tracebacks and pickles name them where users import them from: ``forksafe.HostError``.
+for _public in (
+    ForkSafeError,
+    ModelLoadError,
+    InheritedRuntimeError,
+    HostError,
+    HostCrashedError,
+    HostTimeoutError,
+    ForkSafeWarning,
+):
+    _public.__module__ = "forksafe"
+del _public

@@ -17,12 +17,11 @@ import os
 import secrets
 import threading
 import traceback
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from forksafe._errors import ForkSafeWarning
+from forksafe._errors import warn
 
 __all__ = [
     "at_fork",
@@ -149,11 +148,7 @@ def check_pid() -> None:
 def report_failures() -> None:
     """Warn about at-fork callbacks that failed since the last report (outside any hook)."""
     while _failures:
-        warnings.warn(
-            f"a forksafe at-fork callback failed; the others ran: {_failures.pop(0)}",
-            ForkSafeWarning,
-            stacklevel=3,
-        )
+        warn(f"a forksafe at-fork callback failed; the others ran: {_failures.pop(0)}")
 
 
 def _on_gevent_hub_import(module: Any) -> None:

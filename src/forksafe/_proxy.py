@@ -16,7 +16,6 @@ import pickle
 import sys
 import threading
 import uuid
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MethodType
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from forksafe import _churn, _forking, _frameworks, _runtime, _scopes
-from forksafe._errors import ForkSafeError, ForkSafeWarning, HostError, InheritedRuntimeError
+from forksafe._errors import ForkSafeError, HostError, InheritedRuntimeError, warn
 from forksafe._graph import GraphOwner, load_owned
 from forksafe._methods import ProxyMethod
 from forksafe._options import Isolation, Options
@@ -200,9 +199,7 @@ class ModelProxy(_Base):
         global _warned_pid
         if _warned_pid != os.getpid():
             _warned_pid = os.getpid()
-            warnings.warn(
-                _runtime.explain_hosted(blocked, what=what), ForkSafeWarning, stacklevel=4
-            )
+            warn(_runtime.explain_hosted(blocked, what=what))
         return Isolation.PROCESS
 
     def _self_describe(self) -> str:

@@ -205,21 +205,61 @@ print(repr({{"host": proxy.pid(), "y": proxy.predict(1.0)}}))
 """
 
 
+_APP_MODULE = """
+import os
+
+FACTOR = {factor}
+
+
+class Scaled:
+    def __init__(self, w):
+        self.w = w
+
+    def predict(self, x):
+        return self.w * x * FACTOR
+
+    def pid(self):
+        return os.getpid()
+
+
+def load_scale(path):
+    with open(path, encoding="utf-8") as f:
+        return Scaled(float(f.read()))
+"""
+
+_APP_CLIENT = """
+import forksafe
+from scalemod import load_scale
+proxy = forksafe.load_model({path!r}, loader=load_scale, isolation="shared", timeout=60)
+print(repr({{"host": proxy.pid(), "y": proxy.predict(1.0)}}))
+"""
+
+
 def test_another_sys_path_never_reaches_this_environments_host(tmp_path: Path) -> None:
-    """Two clients whose imports resolve differently (PYTHONPATH): two hosts."""
+    """Two apps whose loader module differs (PYTHONPATH): two hosts, each its own answers.
+
+    The same app with its path padded by a directory that changes no import shares
+    the first app's host: the order and padding of ``sys.path`` are not the identity.
+    """
     path = tmp_path / "model.scale"
     path.write_text("4", encoding="utf-8")
-    extra = tmp_path / "site"
-    extra.mkdir()
-    code = _PATH_CLIENT.format(path=str(path))
-    plain = _client_in({}, code)
-    other = _client_in({"PYTHONPATH": str(extra)}, code)
+    apps = {}
+    for name, factor in (("app_a", 1), ("app_b", 10)):
+        apps[name] = tmp_path / name
+        apps[name].mkdir()
+        (apps[name] / "scalemod.py").write_text(_APP_MODULE.format(factor=factor), "utf-8")
+    (tmp_path / "empty").mkdir()
+    code = _APP_CLIENT.format(path=str(path))
+    a = _client_in({"PYTHONPATH": str(apps["app_a"])}, code)
     try:
-        assert plain["y"] == other["y"] == 4.0
-        assert plain["host"] != other["host"]
+        b = _client_in({"PYTHONPATH": str(apps["app_b"])}, code)
+        padded = _client_in({"PYTHONPATH": f"{tmp_path / 'empty'}:{apps['app_a']}"}, code)
     finally:
-        for answer in (plain, other):
-            os.kill(answer["host"], 15)
+        os.kill(a["host"], 15)
+    os.kill(b["host"], 15)
+    assert (a["y"], b["y"], padded["y"]) == (4.0, 40.0, 4.0)
+    assert a["host"] != b["host"]
+    assert padded["host"] == a["host"]
 
 
 def test_the_same_model_in_the_same_environment_shares_one_host(

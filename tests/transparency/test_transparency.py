@@ -4,7 +4,7 @@ Each flavor (Keras 3 on TensorFlow, tf_keras eager, tf_keras in TF1 graph
 mode) runs all its usages in one interpreter of its own, the three at once;
 each test then compares one usage's outcomes: equal results, the same
 exception type, or one of the differences below, each documented in
-docs/proxy.md (its key names the section) and checked for exactly its shape.
+docs/differences.md (its key names the section) and checked for exactly its shape.
 Usages marked ``host`` also run through a model host (``isolation="process"``).
 """
 
@@ -28,7 +28,7 @@ from tests.transparency.runner import FLAVORS
 from tests.transparency.usages import USAGES
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ROOT / "docs" / "proxy.md"
+DOCS = ROOT / "docs" / "differences.md"
 RUN_TIMEOUT = 600
 
 pytestmark = pytest.mark.timeout(RUN_TIMEOUT + 60)
@@ -38,7 +38,7 @@ Outcome = tuple[Any, ...]
 
 @dataclass(frozen=True)
 class Difference:
-    """A documented difference: its section in docs/proxy.md and the check of its shape."""
+    """A documented difference: its section in docs/differences.md and the check of its shape."""
 
     doc: str
     check: Callable[[Outcome, Outcome, np.ndarray], bool]
@@ -248,12 +248,12 @@ def test_suite_covers_enough() -> None:
 
 
 def test_every_difference_is_documented() -> None:
-    """Each documented difference names a section of docs/proxy.md, and every key is a usage."""
+    """Each documented difference names a section of docs/differences.md; each key, a usage."""
     text = DOCS.read_text(encoding="utf-8")
     names = {u.name for u in USAGES}
     for (usage, _, _), difference in DIFFERENCES.items():
         assert usage in names, usage
-        assert f"### {difference.doc}" in text, difference.doc
-    assert f"### {HOST_ERROR.doc}" in text
+        assert f"\n## {difference.doc}\n" in text, difference.doc
+    assert f"\n## {HOST_ERROR.doc}\n" in text
     for usage, _, _ in KNOWN_BUGS:
         assert usage in names, usage

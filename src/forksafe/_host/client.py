@@ -16,6 +16,7 @@ import contextlib
 import inspect
 import logging
 import os
+import pickle
 import signal
 import threading
 import weakref
@@ -30,6 +31,18 @@ from forksafe._host.wire import FIRST_RID, checkpoint, decode, encode, raise_env
 __all__ = ["HostClient", "Opener", "RemoteModel"]
 
 log = logging.getLogger("forksafe.host")
+# What pickle and the frameworks' __reduce__ raise for an object that cannot be sent.
+# Anything else raised while pickling came from elsewhere (a signal handler's soft
+# time limit) and reaches the caller as itself.
+_UNSENDABLE = (
+    pickle.PicklingError,
+    TypeError,
+    AttributeError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    ImportError,
+)
 
 
 class Opener(Protocol):
@@ -188,10 +201,12 @@ class HostClient:
         rid = channel.rid
         try:
             frame = encode(rid, pool.pack(message))
-        except Exception as exc:  # a framework's own error from pickling, too
+        except Exception as exc:
             pool.recycle()  # nothing was sent: the host is still in step
             with self.idle_lock:
                 self.idle.append(channel)
+            if not isinstance(exc, _UNSENDABLE):
+                raise  # a signal handler's (a soft time limit), not the arguments'
             raise HostError(
                 f"cannot send {what} to the model host: {type(exc).__name__}: {exc}; "
                 "arguments, loaders and factories must be picklable (functions and "

@@ -67,12 +67,14 @@ class SharedHost:
         self.paths = paths
         self.describe = describe
         self.options = options
+        self.modules = identity.modules_named(static)
         self.pinned: tuple[str, tuple[Any, ...]] | None = None  # (key, the files' identity)
 
     def _identity(self) -> tuple[str, tuple[Any, ...]]:
         if self.pinned is None:
             files = identity.files(self.paths)
-            self.pinned = (identity.key(self.static, files, identity.environment(python())), files)
+            environment = identity.environment(python(), self.modules)
+            self.pinned = (identity.key(self.static, files, environment), files)
         return self.pinned
 
     def paths_of(self, key: str) -> tuple[str, str, str]:

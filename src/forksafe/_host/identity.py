@@ -5,10 +5,13 @@ caller's environment. Its identity is made, at connect time, of the source
 (pickled), the batching options, the *files* that define the model (each
 one's resolved path, device, inode, size and modification time; a directory
 by all the files under it) and the *environment* the host would run in (its
-interpreter, ``sys.prefix``, ``sys.path``, forksafe's version, and the
-variables that choose a framework, its devices or its threads). A redeployed
-file, a switched symlink or another virtualenv is another host; the same
-model in the same environment is one host. The host checks the files again
+interpreter, ``sys.prefix``, forksafe's version, the variables that choose a
+framework, its devices or its threads, and where the modules it will import
+are found: the frameworks' and those the source names, each resolved on the
+caller's ``sys.path``, which the host adopts). A redeployed file, a switched
+symlink, another virtualenv or a ``sys.path`` that finds another copy of a
+module is another host; the same model in the same environment is one host,
+however each process's ``sys.path`` happens to be ordered or padded. The host checks the files again
 around its load, so a file replaced meanwhile is never served under the old
 identity.
 """
@@ -16,15 +19,17 @@ identity.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import pickle
+import pickletools
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 from forksafe._version import __version__
 
-__all__ = ["environment", "files", "key"]
+__all__ = ["environment", "files", "key", "modules_named"]
 
 # Variables that choose a framework, its devices or how it runs: another value
 # may give another model (or none). Logging levels change nothing served.
@@ -44,6 +49,9 @@ _PREFIXES = (
 )
 _IGNORED = frozenset({"TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL", "TF_CPP_VMODULE"})
 _KEY_HEX = 24  # 96 bits: the socket's name stays short
+# What a host imports whatever the source: where these resolve is part of it.
+_ALWAYS = ("forksafe", "numpy", "keras", "tensorflow", "tf_keras", "jax", "jaxlib", "torch")
+_STRINGS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
 
 
 def _stat(path: str) -> tuple[Any, ...]:
@@ -71,8 +79,63 @@ def files(paths: Iterable[str]) -> tuple[tuple[Any, ...], ...]:
     return tuple(found)
 
 
-def environment(python: str) -> tuple[Any, ...]:
-    """The identity of the environment a host started with ``python`` from here runs in."""
+def modules_named(pickled: bytes) -> tuple[str, ...]:
+    """The modules whose globals ``pickled`` refers to (sorted, no duplicates).
+
+    Read from the opcodes, without unpickling: a loader or factory named by
+    reference, the classes of its arguments, and what cloudpickle brought by value.
+    """
+    found: set[str] = set()
+    memo: dict[int, Any] = {}
+    recent: list[Any] = []  # what the last opcodes pushed: strings, or None for anything else
+    try:
+        for op, arg, _ in pickletools.genops(pickled):
+            if op.name == "GLOBAL":
+                found.add(str(arg).split(" ", 1)[0])
+            elif op.name == "STACK_GLOBAL" and len(recent) >= 2 and isinstance(recent[-2], str):
+                found.add(recent[-2])
+            if op.name in _STRINGS:
+                recent.append(arg)
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = recent[-1] if recent else None
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(str(arg))] = recent[-1] if recent else None
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                recent.append(memo.get(int(str(arg))))
+            else:
+                recent.append(None)
+            del recent[:-2]
+    except Exception:  # not a pickle we can read: its modules count for nothing
+        return ()
+    return tuple(sorted(name for name in found if name))
+
+
+def _where(module: str) -> Any:
+    """Where ``module`` is imported from here (``None`` if nowhere): never imports it.
+
+    A submodule not imported yet is known by its top-level package (finding it
+    would import the package).
+    """
+    loaded = sys.modules.get(module)
+    if loaded is None:
+        module = module.split(".", 1)[0]
+        loaded = sys.modules.get(module)
+    try:
+        spec = loaded.__spec__ if loaded is not None else importlib.util.find_spec(module)
+    except (ImportError, ValueError, AttributeError):
+        return "unknown"
+    if spec is None:
+        return None
+    if spec.origin not in (None, "built-in", "frozen", "namespace"):
+        return os.path.realpath(spec.origin)
+    return (spec.origin, tuple(os.path.realpath(p) for p in spec.submodule_search_locations or ()))
+
+
+def environment(python: str, modules: Iterable[str] = ()) -> tuple[Any, ...]:
+    """The identity of the environment a host started with ``python`` from here runs in.
+
+    ``modules``: the modules the source names (``modules_named``).
+    """
     variables = tuple(
         sorted(
             (name, value)
@@ -80,12 +143,13 @@ def environment(python: str) -> tuple[Any, ...]:
             if name.startswith(_PREFIXES) and name not in _IGNORED
         )
     )
+    names = sorted({*_ALWAYS, *modules} - {"builtins", "__main__"})
     return (
         os.path.realpath(python),
         sys.prefix,
-        tuple(p or os.getcwd() for p in sys.path),
         __version__,
         variables,
+        tuple((name, _where(name)) for name in names),
     )
 
 

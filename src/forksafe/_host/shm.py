@@ -65,34 +65,42 @@ class _Segment:
     __slots__ = ("buf", "name", "size")
 
     def __init__(self, size: int, into: list[_Segment]) -> None:
-        """Create a segment and append it to ``into`` before anything can lose it."""
+        """Create a segment, in ``into`` before it exists: an interrupt never loses it.
+
+        Interrupted, it stays there unmade (``buf`` is ``None``) and is unlinked
+        by name when its pool recycles or closes.
+        """
+        self.buf: mmap.mmap | None = None
+        self.size = size
         for _attempt in range(8):
-            name = f"{PREFIX}{os.getpid()}_{next(_counter)}_{secrets.token_hex(4)}"
-            try:
-                fd = _posixshmem.shm_open("/" + name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-            except FileExistsError:  # a name someone planted: take another
-                continue
-            break
-        else:
-            raise HostError("could not create a shared-memory segment: every name was taken")
-        try:
-            os.ftruncate(fd, size)
-            self.buf = mmap.mmap(fd, size)
-            self.name = name
-            self.size = size
+            self.name = f"{PREFIX}{os.getpid()}_{next(_counter)}_{secrets.token_hex(4)}"
             into.append(self)
-        except BaseException:
-            _unlink_name(name)
-            raise
-        finally:
-            os.close(fd)
+            fd = -1
+            try:
+                fd = _posixshmem.shm_open(
+                    "/" + self.name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600
+                )
+                os.ftruncate(fd, size)
+                self.buf = mmap.mmap(fd, size)
+                return
+            except FileExistsError:  # a name someone planted: take another
+                into.remove(self)
+            except BaseException:
+                if fd >= 0:
+                    _unlink_name(self.name)
+                raise
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        raise HostError("could not create a shared-memory segment: every name was taken")
 
     def unlink(self) -> None:
         _unlink_name(self.name)
         # A view still alive (in an interrupted call's traceback) keeps the
         # mapping until it goes; the name is gone already.
-        with contextlib.suppress(BufferError):
-            self.buf.close()
+        if self.buf is not None:
+            with contextlib.suppress(BufferError):
+                self.buf.close()
 
 
 def _unlink_name(name: str) -> None:
@@ -145,7 +153,7 @@ class SegmentPool:
     def _take(self, nbytes: int) -> _Segment:
         # In ``_busy`` before it leaves ``_free``: an interrupt in between
         # leaves it in both lists (``recycle`` dedupes), never in neither.
-        fits = [s for s in self._free if s.size >= nbytes]
+        fits = [s for s in self._free if s.size >= nbytes and s.buf is not None]
         if not fits:
             return _Segment(nbytes, into=self._busy)
         segment = min(fits, key=lambda s: s.size)
@@ -155,8 +163,11 @@ class SegmentPool:
 
     def recycle(self) -> None:
         """The peer has read the last message: its segments may be reused."""
-        self._free = list({id(s): s for s in self._free + self._busy}.values())
+        every = {id(s): s for s in self._free + self._busy}.values()
         self._busy = []
+        self._free = [s for s in every if s.buf is not None]
+        for unmade in (s for s in every if s.buf is None):  # interrupted while being made
+            unmade.unlink()
         self._free.sort(key=lambda s: s.size)
         while self._free and sum(s.size for s in self._free) > self._limit:
             self._free.pop().unlink()  # the largest goes first

@@ -249,7 +249,7 @@ def raise_envelope(envelope: tuple[Any, ...], host_pid: int | None) -> BaseExcep
     if module == "builtins":
         cls = getattr(builtins, qualname, None)
         exact = True
-    elif module == "forksafe._errors" and qualname in _errors.__all__:
+    elif module == "forksafe" and qualname in _errors.__all__:
         cls = getattr(_errors, qualname)
         exact = True
     if not (isinstance(cls, type) and issubclass(cls, BaseException)):
