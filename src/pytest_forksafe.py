@@ -213,7 +213,9 @@ def forksafe_proxy() -> Iterator[Callable[..., Any]]:
     """Factory: ``forksafe_proxy(path_or_factory, *args, **opts)`` returns a proxy.
 
     At teardown, once the test dropped its proxies, their host processes must
-    exit and no shared-memory segment may be left; otherwise the test errors.
+    exit and no shared-memory segment made by this process, its descendants or
+    those hosts may be left; otherwise the test errors. Other processes' (another
+    application's, another pytest-xdist worker's) do not count.
     """
     import forksafe
     from forksafe import testing
@@ -241,12 +243,20 @@ def forksafe_proxy() -> Iterator[Callable[..., Any]]:
     gc.collect()
     alive = sum(ref() is not None for ref in created)
 
-    def clean() -> bool:
-        return not (hosts & testing.host_processes()) and testing.shm_segments() <= segments_before
+    def leaked() -> tuple[list[int], list[str]]:
+        # Only this test's own: its hosts, and the segments made by this process,
+        # its live descendants or its hosts (a name without a creator counts too).
+        # Another application's or pytest-xdist worker's come and go meanwhile.
+        ours = testing.process_tree({os.getpid()} | hosts)
+        segments = [
+            name
+            for name in testing.shm_segments() - segments_before
+            if testing.segment_creator(name) in ours | {None}
+        ]
+        return sorted(hosts & testing.host_processes()), sorted(segments)
 
-    if not testing.wait_until(clean, 5.0):
-        leaked_hosts = sorted(hosts & testing.host_processes())
-        leaked_segments = sorted(testing.shm_segments() - segments_before)
+    if not testing.wait_until(lambda: leaked() == ([], []), 5.0):
+        leaked_hosts, leaked_segments = leaked()
         raise AssertionError(
             f"forksafe_proxy: leaked after the test: host processes {leaked_hosts}, "
             f"shared-memory segments {leaked_segments}; {alive} proxy(ies) still "

@@ -18,8 +18,9 @@ besides the whole suite under TensorFlow.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-from collections.abc import Iterator
+import pickle
 
 import pytest
 
@@ -37,6 +38,13 @@ BACKEND_SUITE = (
     "integration/test_host_boundary.py",
     "transparency",
 )
+# Under pytest-xdist (pyproject's addopts), the tests of each of these run on one
+# worker, one after the other: a module-scoped setup of minutes runs once, and the
+# stress suite's memory figures are not taken beside one another.
+ONE_WORKER = {
+    "transparency/test_transparency.py": "transparency",
+    "stress/test_stress.py": "stress",
+}
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -54,12 +62,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests under ``BACKEND_SUITE``."""
+    """Mark the tests under ``BACKEND_SUITE``, and those of each of ``ONE_WORKER`` together."""
     roots = tuple(os.path.join(_TESTS, path) for path in BACKEND_SUITE)
     for item in items:
         path = str(item.path)
         if any(path == root or path.startswith(root + os.sep) for root in roots):
             item.add_marker(pytest.mark.backend_suite)
+        group = ONE_WORKER.get(os.path.relpath(path, _TESTS))
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -72,16 +83,29 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             requires.installed(name)
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _shared_host_logs_removed() -> Iterator[None]:
+_LOGS_BEFORE = pytest.StashKey[set[str]]()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Note the runtime directory's files (in the controller only, under pytest-xdist)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        from forksafe._host.runtime_dir import runtime_dir
+
+        session.config.stash[_LOGS_BEFORE] = set(os.listdir(runtime_dir()))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
     """The logs of this run's shared hosts go when it ends (a user's stay: one per model).
 
-    Their sockets and locks go with the hosts themselves (tests/integration/test_shared.py).
+    Once every pytest-xdist worker is done: a worker's would remove the logs of
+    hosts that other workers' tests still read. Sockets and locks go with the
+    hosts themselves (tests/integration/test_shared.py).
     """
+    before = session.config.stash.get(_LOGS_BEFORE, None)
+    if before is None:
+        return
     from forksafe._host.runtime_dir import runtime_dir
 
-    before = set(os.listdir(runtime_dir()))
-    yield
     for name in set(os.listdir(runtime_dir())) - before:
         if name.endswith(".log"):
             with contextlib.suppress(FileNotFoundError):
@@ -90,6 +114,19 @@ def _shared_host_logs_removed() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
-    """Every model format with its reference data, built outside the test process."""
-    directory = str(tmp_path_factory.mktemp("models"))
-    return run_clean(build_all, directory, timeout=180, spawn=True).get()  # type: ignore[no-any-return]
+    """Every model format with its reference data, built outside the test process.
+
+    Built once per run: pytest-xdist's workers share the first one's (read only),
+    under a lock in the run's common temporary directory.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        directory = str(tmp_path_factory.mktemp("models"))
+        return run_clean(build_all, directory, timeout=180, spawn=True).get()  # type: ignore[no-any-return]
+    shared = tmp_path_factory.getbasetemp().parent
+    with open(shared / "models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the others wait while the first builds
+        if not (shared / "models.pkl").exists():
+            (shared / "models").mkdir(exist_ok=True)
+            built = run_clean(build_all, str(shared / "models"), timeout=180, spawn=True).get()
+            (shared / "models.pkl").write_bytes(pickle.dumps(built))
+        return pickle.loads((shared / "models.pkl").read_bytes())  # type: ignore[no-any-return]

@@ -350,20 +350,22 @@ def big_torch_op() -> None:
 
 
 def _parent_runs(parent_did: str) -> int | None:
-    """Do ``parent_did`` with torch (and maybe JAX) here; the line that starts a runtime."""
-    import torch
-
+    """Do ``parent_did`` with torch (or JAX) here; the line that starts a runtime."""
     line = None
     if parent_did == "large op":
         line = sys._getframe().f_lineno + 1
         big_torch_op()
     elif parent_did == "small op":
+        import torch  # here: the JAX case runs without torch installed
+
         _ = torch.ones(100) + 1
     elif parent_did == "large op in a finished thread":
         thread = threading.Thread(target=big_torch_op)
         thread.start()
         thread.join(60)
     elif parent_did == "large op, one thread":
+        import torch
+
         torch.set_num_threads(1)
         big_torch_op()
     elif parent_did == "JAX op":

@@ -25,9 +25,11 @@ __all__ = [
     "build_tiny_model",
     "host_processes",
     "import_report",
+    "process_tree",
     "run_in_fork",
     "run_in_subprocess",
     "save_tiny_model",
+    "segment_creator",
     "shm_segments",
 ]
 
@@ -161,6 +163,34 @@ def _forksafe_processes() -> dict[int, int]:
         if fields[0] != "Z":
             marked[int(entry)] = int(fields[1])
     return marked
+
+
+def segment_creator(name: str) -> int | None:
+    """The pid in a segment's name (``forksafe_<creator pid>_...``), or ``None`` if none."""
+    pid, underscore, _ = name.removeprefix(PREFIX).partition("_")
+    return int(pid) if underscore and pid.isdigit() else None
+
+
+def process_tree(roots: set[int]) -> set[int]:
+    """``roots`` and every live descendant of one of them (one pass over ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    found = set(roots)
+    stack = list(found)
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
 
 
 def wait_until(condition: Callable[[], bool], timeout: float) -> bool:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from multiprocessing.shared_memory import SharedMemory
 
@@ -10,6 +13,7 @@ import pytest
 
 from forksafe._frameworks import display
 from tests.models import KERAS_BACKEND
+from tests.support.requires import installed
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -242,6 +246,113 @@ def test_forksafe_proxy_detects_leaks(pytester: pytest.Pytester) -> None:
             f"shared-memory segments [[]'{segment}'[]]*",
         ]
     )
+
+
+BESIDE = """
+import os
+import time
+
+import numpy as np
+
+import forksafe
+
+
+class Echo:
+    def echo(self, x):
+        return x
+
+
+def mark(directory, name):
+    open(os.path.join(directory, name), "w").close()
+
+
+def wait_for(directory, name):
+    deadline = time.monotonic() + 200
+    while not os.path.exists(os.path.join(directory, name)):
+        assert time.monotonic() < deadline, f"no {name} in 200 s"
+        time.sleep(0.05)
+
+
+def send_segments():
+    # A host, and 4 MB each way: a segment in this process and one in the host.
+    proxy = forksafe.lazy_model(Echo, isolation="process", timeout=60)
+    assert proxy.echo(np.ones(1 << 20, "float32")).sum() == 1 << 20
+    return proxy
+
+
+def unrelated_user(directory):
+    # Another forksafe user: its host and segments appear while the test runs.
+    wait_for(directory, "test-started")
+    proxy = send_segments()
+    mark(directory, "app-ready")
+    wait_for(directory, "test-done")
+    del proxy
+"""
+
+CHECKED = """
+import os
+
+import pytest
+
+import beside
+
+DIRECTORY = os.environ["FS_BESIDE"]
+
+
+@pytest.fixture
+def done():
+    yield
+    beside.mark(DIRECTORY, "test-done")  # torn down after forksafe_proxy checked
+
+
+def test_checked(done, forksafe_proxy):
+    proxy = forksafe_proxy(beside.Echo, isolation="process", timeout=60)
+    proxy.echo(beside.np.ones(1 << 20, "float32"))  # its own segments: they must go
+    beside.mark(DIRECTORY, "test-started")
+    beside.wait_for(DIRECTORY, "app-ready")
+"""
+
+
+@pytest.mark.parametrize("beside", ["application", "xdist worker"])
+def test_forksafe_proxy_counts_only_its_own_leaks(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, beside: str
+) -> None:
+    """Another forksafe user's live host and segments, made during the test, are not its leaks.
+
+    Beside it: an unrelated application (a sibling process), or the test on
+    another pytest-xdist worker. Both hold their host and segments until the
+    checked test's teardown is over.
+    """
+    directory = str(pytester.path)
+    monkeypatch.setenv("FS_BESIDE", directory)
+    pytester.makepyfile(beside=BESIDE, test_checked=CHECKED)
+    if beside == "application":
+        code = f"import sys; sys.path.insert(0, {directory!r}); import beside; "
+        code += f"beside.unrelated_user({directory!r})"
+        app = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        try:
+            result = run(pytester, "test_checked.py")
+            assert app.wait(timeout=120) == 0
+        finally:
+            if app.poll() is None:
+                os.killpg(app.pid, signal.SIGKILL)
+                app.wait()
+        result.assert_outcomes(passed=1)
+        return
+    installed("xdist", "pytest-xdist")
+    pytester.makepyfile(
+        test_other="""
+        import os
+
+        import beside
+
+        def test_other_worker():
+            beside.unrelated_user(os.environ["FS_BESIDE"])
+    """
+    )
+    # Two tests, two workers: xdist hands them out one each.
+    result = run(pytester, "-n", "2", "test_checked.py", "test_other.py")
+    result.assert_outcomes(passed=2)
 
 
 def test_plugin_is_inert_until_used(pytester: pytest.Pytester) -> None:

@@ -11,9 +11,11 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from typing import Any
 
-from forksafe.testing import _TEMPLATE_MARK, _forksafe_processes, shm_segments
+from forksafe import testing
+from forksafe.testing import _TEMPLATE_MARK, _forksafe_processes
 
 __all__ = [
     "alive",
@@ -28,6 +30,40 @@ __all__ = [
     "templates",
     "wait_gone",
 ]
+
+# Every process this run (this pytest-xdist worker) starts by exec inherits it,
+# templates and their hosts included; its fork children are its descendants.
+# Kept where inherited from this worker; made anew in a worker (not the controller's).
+_RUN = "FORKSAFE_TEST_RUN"
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+if not os.environ.get(_RUN, "").startswith(f"{_WORKER}:"):
+    os.environ[_RUN] = f"{_WORKER}:{uuid.uuid4().hex}"
+_RUN_ENTRY = f"{_RUN}={os.environ[_RUN]}".encode()
+
+
+def _of_another_run(pid: int, ours: set[int]) -> bool:
+    """``pid`` is alive and was started by another test run or worker (or application)."""
+    if pid in ours:
+        return False
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return _RUN_ENTRY not in f.read().split(b"\0")
+    except OSError:  # gone: a leak of ours, unless its owner sweeps it meanwhile
+        return False
+
+
+def shm_segments() -> set[str]:
+    """forksafe's segments that exist now, but those of live processes of other runs.
+
+    Tests run beside one another (pytest-xdist) and beside other applications:
+    what their processes make is not this test's.
+    """
+    ours = testing.process_tree({os.getpid()})
+    return {
+        name
+        for name in testing.shm_segments()
+        if (pid := testing.segment_creator(name)) is None or not _of_another_run(pid, ours)
+    }
 
 
 def _stat(pid: int) -> list[str] | None:
