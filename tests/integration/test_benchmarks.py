@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from benchmarks.sections import SECTIONS
@@ -19,16 +20,30 @@ ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "benchmarks"
 
 
-@pytest.mark.timeout(900)
-@pytest.mark.keras_backend("tensorflow")  # the benchmarks measure Keras on TensorFlow
-def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
-    """``python -m benchmarks --quick`` fills every section, every target and RESULTS.md."""
-    sections = ["core", "graph", "scaling", "host", "jax"]
-    if requires.optional_package("torch"):  # CI installs it (.ci/run)
-        sections.append("torch_fork")
-    if requires.optional_service(requires.REDIS_URL, "Redis"):
-        sections += ["celery", "pool_memory", "shared", "shared_knobs"]
-    command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path)]
+# The quick run in three parts, so that pytest-xdist's workers share it: each part is
+# a whole ``python -m benchmarks --quick --only ...`` run with its own results.
+RUNS = {
+    "local": ("core", "graph", "scaling", "host", "jax", "torch_fork"),
+    "celery": ("celery", "pool_memory"),
+    "shared": ("shared", "shared_knobs"),
+}
+HEADINGS = {
+    "core": "## Proxy overhead",
+    "graph": "## TF1 graph mode",
+    "host": "## Out-of-process host",
+    "scaling": "## Scaling",
+    "jax": "## Keras on JAX",
+    "torch_fork": "## A torch child of a parent whose thread pool started",
+    "celery": "## Celery on Redis",
+    "pool_memory": "## Memory of a pool whose master ran TensorFlow",
+    "shared": "## One model for many workers",
+    "shared_knobs": "## Shared host batching knobs",
+}
+
+
+def _quick_run(sections: list[str], out: Path) -> dict[str, Any]:
+    """``python -m benchmarks --quick --only SECTIONS``: its results, checked whole."""
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)]
     done = subprocess.run(
         [*command, "--only", *sections],
         cwd=ROOT,
@@ -38,40 +53,44 @@ def test_runner_writes_json_results_and_plots(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    results = json.loads((tmp_path / "bench-results.json").read_text())
+    results: dict[str, Any] = json.loads((out / "bench-results.json").read_text())
     assert set(results["sections"]) == set(sections)
     assert results["machine"]["cpus"] >= 1 and results["versions"]["forksafe"]
     measured = [t for t in results["targets"] if t["value"] != "not measured"]
-    # Exactly the targets of the sections not run here are not measured (without Redis:
-    # Celery's, the pool's and the shared host's; never the servers' nor the separate
-    # server's, minutes of their own).
+    # Exactly the targets of the sections not run here are not measured (never the
+    # servers' nor the separate server's: minutes of their own).
     not_run = [s.load() for s in SECTIONS if s.name not in sections]
     unmeasured = sum(len(module.targets({})) for module in not_run if hasattr(module, "targets"))
     assert unmeasured >= len(servers_targets({}))
     assert len(measured) == len(results["targets"]) - unmeasured
-    core = results["sections"]["core"]
-    for model in ("overhead_dense", "overhead_cnn"):
-        for row in core[model].values():
-            assert 0 < row["bare_us"]["min"] <= row["bare_us"]["median"] <= row["bare_us"]["max"]
-    text = (tmp_path / "RESULTS.md").read_text()
-    assert "**quick** mode" in text
-    headings = (
-        "## Targets",
-        "## Proxy overhead",
-        "## TF1 graph mode",
-        "## Out-of-process host",
-        "## Scaling",
-        "## Keras on JAX",
-    )
-    if "torch_fork" in sections:
-        headings += ("## A torch child of a parent whose thread pool started",)
-    for heading in headings:
-        assert heading in text
-    assert (tmp_path / "threads.png").stat().st_size > 1000
-    if "celery" in sections:
-        assert "## Celery on Redis" in text and (tmp_path / "celery.png").exists()
-        assert "## Memory of a pool whose master ran TensorFlow" in text
-        assert "## One model for many workers" in text and "## Shared host batching knobs" in text
+    text = (out / "RESULTS.md").read_text()
+    assert "**quick** mode" in text and "## Targets" in text
+    for section in sections:
+        assert HEADINGS[section] in text, section
+    return results
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.keras_backend("tensorflow")  # the benchmarks measure Keras on TensorFlow
+@pytest.mark.parametrize("run", list(RUNS))
+def test_runner_writes_json_results_and_plots(run: str, tmp_path: Path) -> None:
+    """``python -m benchmarks --quick`` fills every section, every target and RESULTS.md."""
+    sections = list(RUNS[run])
+    if run == "local" and not requires.optional_package("torch"):  # CI installs it
+        sections.remove("torch_fork")
+    if run != "local":
+        requires.redis_url()  # Celery's broker and the pools' queue
+    results = _quick_run(sections, tmp_path)
+    if run == "local":
+        core = results["sections"]["core"]
+        for model in ("overhead_dense", "overhead_cnn"):
+            for row in core[model].values():
+                bare = row["bare_us"]
+                assert 0 < bare["min"] <= bare["median"] <= bare["max"]
+        assert (tmp_path / "threads.png").stat().st_size > 1000
+    elif run == "celery":
+        assert (tmp_path / "celery.png").exists()
+    else:
         shared = results["sections"]["shared"]["shared"]
         for kind in ("celery", "gunicorn"):
             batched, alone = shared[kind]["shared, batching"], shared[kind]["shared, max_batch=1"]
