@@ -140,7 +140,11 @@ def test_a_dead_host_is_one_error_per_client_and_one_replacement(tag: str) -> No
 
 
 def test_a_client_that_dies_mid_call_costs_the_others_nothing(tag: str, tmp_path: Path) -> None:
-    """One client is killed inside a call; the others' calls (joined or not) all answer."""
+    """One client is killed inside a call; the others' calls (joined or not) all answer.
+
+    The killed client's call runs on in the host (a few seconds, well inside the
+    host's own bound): the others' wait for it, then are answered by the same host.
+    """
     proxy = shared(tag, max_wait_ms=20)
     host = proxy.pid()
     inside = str(tmp_path / "inside")
@@ -148,7 +152,7 @@ def test_a_client_that_dies_mid_call_costs_the_others_nothing(tag: str, tmp_path
     pid = os.fork()
     if pid == 0:
         try:
-            shared(tag).hang(30, inside)
+            shared(tag, max_wait_ms=20).hang(5, inside)
         finally:
             os._exit(0)
     try:
