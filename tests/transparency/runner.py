@@ -37,6 +37,12 @@ from forksafe._frameworks import framework_of_value, to_numpy
 FLAVORS = ("keras3", "tf_keras", "tf1")
 HOSTED = ("host", "shared")  # the kinds through a model host: isolation "process", "shared"
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]+")
+# A framework quoting ``type(obj)`` names ModelProxy for a proxy: the documented
+# difference "type(proxy) is ModelProxy", not one of the message.
+_CLASS = re.compile(r"<class '[\w.]+'>")
+# TensorFlow's "in user code:" lists the frames of the call, a proxy's among them.
+_FRAME = re.compile(r'\n[ \t]*File "[^"\n]+", line \d+, in [^\n]*(\n[ \t]+[^\n]*)?')
+_BLANKS = re.compile(r"\n\s*\n+")
 
 
 @dataclass
@@ -95,7 +101,7 @@ def _state(value: Any, depth: int) -> Any:
 
 def message(exc: BaseException, ctx: Context | None) -> str:
     """The exception's message, comparable across kinds: no addresses, no temporary paths."""
-    text = _ADDRESS.sub("0x?", str(exc))
+    text = _BLANKS.sub("\n", _FRAME.sub("", _CLASS.sub("<class>", _ADDRESS.sub("0x?", str(exc)))))
     if ctx is not None:
         text = text.replace(os.path.join(ctx.tmp, f"{ctx.kind}-"), "<tmp>/")
         text = text.replace(ctx.tmp, "<tmp>")
