@@ -11,9 +11,9 @@ are found: the frameworks' and those the source names, each resolved on the
 caller's ``sys.path``, which the host adopts). A redeployed file, a switched
 symlink, another virtualenv or a ``sys.path`` that finds another copy of a
 module is another host; the same model in the same environment is one host,
-however each process's ``sys.path`` happens to be ordered or padded. The host checks the files again
-around its load, so a file replaced meanwhile is never served under the old
-identity.
+however each process's ``sys.path`` happens to be ordered or padded. The host
+checks the files again around its load, so a file replaced meanwhile is never
+served under the old identity.
 """
 
 from __future__ import annotations
