@@ -26,7 +26,7 @@ import wrapt
 from forksafe import _churn, _forking, _frameworks, _runtime, _scopes
 from forksafe._errors import ForkSafeError, HostError, InheritedRuntimeError, warn
 from forksafe._graph import GraphOwner, load_owned
-from forksafe._methods import ProxyMethod
+from forksafe._methods import ProxyMethod, kept_method
 from forksafe._options import Isolation, Options
 from forksafe._serial import call_lock
 
@@ -52,9 +52,10 @@ class Held:
         call_lock: held around calls, for backends that need one (``_serial``).
         wraps_callables: callables taken from the model need a ``ProxyMethod``
             (graph re-entry, the call lock, or a host connection to follow).
-        methods: the ``ProxyMethod`` handed out for each name, with what it
-            wraps (function and instance), so that the next access of the same
-            method reuses it instead of building another.
+        methods: the method handed out for each name (a ``kept_method`` or a
+            ``ProxyMethod``), with what it wraps (function and instance), so
+            that the next access of the same method reuses it instead of
+            building another, and whether the proxy keeps it in its own dict.
     """
 
     model: Any
@@ -63,7 +64,7 @@ class Held:
     in_effect: Isolation
     call_lock: threading.RLock | None
     wraps_callables: bool
-    methods: dict[str, tuple[Any, Any, ProxyMethod]] = field(default_factory=dict)
+    methods: dict[str, tuple[Any, Any, Any, bool]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, model: Any, owner: GraphOwner | None, in_effect: Isolation) -> Held:
@@ -207,13 +208,18 @@ class ModelProxy(_Base):
 
     def _self_after_fork(self, keep: list[Any]) -> None:
         """Fork-child hook: forget the parent's model; no framework code, no I/O."""
-        if self._self_held is not None:
-            keep.append(self._self_held)
+        held = self._self_held
         # wrapt's own setattr, skipping ours: this runs for every proxy in every fork.
         reset = _Base.__setattr__
         reset(self, "_self_held", None)
         reset(self, "_self_loading", None)
         reset(self, "_self_lock", threading.RLock())
+        if held is not None:
+            keep.append(held)
+            # The methods kept in our own dict are the parent's model's.
+            kept = self.__self_dict__
+            for name in held.methods:
+                kept.pop(name, None)
 
     # -- forwarding (the hot path) -----------------------------------------
 
@@ -239,10 +245,27 @@ class ModelProxy(_Base):
         # building one costs more than the rest of an access together.
         made = held.methods.get(name)
         if made is not None and made[0] is func and made[1] is instance:
-            return made[2]
-        method = ProxyMethod(value, self, name, held)
-        held.methods[name] = (func, instance, method)
+            method, kept = made[2], made[3]
+        else:
+            # A method of the model's class is kept in the proxy's own dict:
+            # the next access finds it there, in C, instead of failing wrapt's
+            # lookup and running this (microseconds a call, with the caches
+            # as a prediction leaves them). See ``kept_method``.
+            kept = instance is held.model and name not in getattr(instance, "__dict__", (name,))
+            if kept:
+                method = kept_method(self, name, held, func)
+            else:
+                method = ProxyMethod(value, self, name, held)
+            held.methods[name] = (func, instance, method, kept)
+        if kept:
+            self.__self_dict__[name] = method
         return method
+
+    def _self_forget(self, name: str, method: Any = None) -> None:
+        """Drop the method kept for ``name`` (if it is still ``method``, when given)."""
+        kept = self.__self_dict__
+        if method is None or kept.get(name) is method:
+            kept.pop(name, None)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         held = self._self_held
@@ -261,12 +284,14 @@ class ModelProxy(_Base):
         if name.startswith("_self_") or name == "__wrapped__":
             super().__setattr__(name, value)
         else:
+            self._self_forget(name)
             setattr((self._self_held or self._self_resolve()).model, name, value)
 
     def __delattr__(self, name: str) -> None:
         if name.startswith("_self_"):
             super().__delattr__(name)
         else:
+            self._self_forget(name)
             delattr((self._self_held or self._self_resolve()).model, name)
 
     # -- what never loads ---------------------------------------------------

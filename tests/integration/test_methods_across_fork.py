@@ -12,7 +12,7 @@ import pytest
 import forksafe
 from tests.host_scenarios import stop_shared
 from tests.support.children import fork_call, run_clean
-from tests.support.fakes import Recorder
+from tests.support.fakes import NumpyModel, Recorder
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -60,3 +60,24 @@ def test_a_method_taken_before_a_fork_answers_in_the_child(isolation: str) -> No
         assert info.host_pid not in (None, parent.host_pid)
     else:
         assert info.host_pid is None
+
+
+def method_reached_in_a_fork_child() -> dict[str, Any]:
+    """In an untouched parent: use ``proxy.predict``, fork, reach it again in the child."""
+    proxy = forksafe.lazy_model(NumpyModel, isolation="inprocess")
+    x = np.arange(3.0)
+    proxy.predict(x)  # the proxy now keeps the parent's method
+
+    def child() -> dict[str, Any]:
+        method = proxy.predict
+        return {"me": os.getpid(), "bound_in": method.__self__.built_in, "y": method(x)}
+
+    return {"x": x, "parent": os.getpid(), "child": fork_call(child, timeout=60).get()}
+
+
+def test_a_method_reached_in_a_fork_child_is_the_childs() -> None:
+    """The method a proxy kept in the parent is never what ``proxy.predict`` gives a child."""
+    got = run_clean(method_reached_in_a_fork_child, timeout=120).get()
+    child = got["child"]
+    assert child["bound_in"] == child["me"] != got["parent"]
+    np.testing.assert_array_equal(child["y"], got["x"] * 2.0)

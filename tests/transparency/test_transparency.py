@@ -142,6 +142,20 @@ GRAPH_BETTER = Difference(
     after=lambda bare, proxy, y: _answers(proxy, y),
 )
 
+
+def _kept_method(bare: Outcome, proxy: Outcome, y: np.ndarray) -> bool:
+    # Right after the class is patched, before a call: the kept method, not the mock.
+    if bare == ("ok", True):
+        return proxy == ("ok", False)
+    if bare == ("ok", 0):
+        return _raised("AttributeError", "call_count")(proxy)
+    # A kept method calls the replacement; the bare one, the method it was taken from.
+    patched = proxy[0] == "ok" and proxy[1][0] == "tuple" and proxy[1][1][0] == "patched"
+    return _answers(bare, y) and patched
+
+
+KEPT_METHOD = Difference("A method of the model's class is kept by the proxy", _kept_method)
+
 DIFFERENCES: dict[tuple[str, str, str], Difference] = {
     **{("type_of", "proxy", f): TYPE for f in FLAVORS},
     **{("model_from_config", "proxy", f): TYPE for f in FLAVORS},
@@ -151,6 +165,15 @@ DIFFERENCES: dict[tuple[str, str, str], Difference] = {
     **{("pickle_after_set_weights", "proxy", f): PICKLE_SOURCE for f in FLAVORS},
     **{("pickle_twice_in_one_process", "proxy", f): ONE_PER_PROCESS for f in FLAVORS},
     **{("fork_child_predicts", k, f): FORK for k in ("proxy", "host") for f in FLAVORS},
+    **{
+        (u, "proxy", f): KEPT_METHOD
+        for u in (
+            "method_taken_then_replaced_on_its_class",
+            "method_identity_after_its_class_is_patched",
+            "mock_attribute_after_its_class_is_patched",
+        )
+        for f in FLAVORS
+    },
     **{
         ("dunder_lookup_before_use", k, f): DUNDER_BEFORE_USE
         for k in ("proxy", "host")

@@ -9,6 +9,7 @@ import pickle
 import threading
 import weakref
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -157,6 +158,64 @@ def signature_of_call(m: Any, ctx: Any) -> Any:
 @usage(host=True)
 def method_name_and_doc(m: Any, ctx: Any) -> Any:
     return m.predict.__name__, (m.predict.__doc__ or "")[:40]
+
+
+@usage()
+def method_replaced_on_its_class(m: Any, ctx: Any) -> Any:
+    """A test's ``mock.patch.object`` on the model's class, after the method was used."""
+    first = np.asarray(m.predict_on_batch(ctx.x))
+    with mock.patch.object(m.__class__, "predict_on_batch", _patched):
+        patched = m.predict_on_batch(ctx.x), m.predict_on_batch(ctx.x)
+    return first, patched, np.asarray(m.predict_on_batch(ctx.x))
+
+
+@usage()
+def method_replaced_by_a_mock_on_its_class(m: Any, ctx: Any) -> Any:
+    """``mock.patch.object(cls, name)``: the mock is what the model has, and records calls."""
+    m.predict_on_batch(ctx.x)
+    with mock.patch.object(m.__class__, "predict_on_batch", return_value="mocked") as fake:
+        answer = m.predict_on_batch(ctx.x)
+        seen = fake.call_count, m.predict_on_batch.call_count
+    return answer, seen, np.asarray(m.predict_on_batch(ctx.x))
+
+
+@usage()
+def method_identity_after_its_class_is_patched(m: Any, ctx: Any) -> Any:
+    """Whether the model's method is the mock, right after its class was patched."""
+    m.predict_on_batch(ctx.x)
+    with mock.patch.object(m.__class__, "predict_on_batch", return_value="mocked") as fake:
+        return m.predict_on_batch is fake
+
+
+@usage()
+def mock_attribute_after_its_class_is_patched(m: Any, ctx: Any) -> Any:
+    """A mock's attribute read through the model, right after its class was patched."""
+    m.predict_on_batch(ctx.x)
+    with mock.patch.object(m.__class__, "predict_on_batch", return_value="mocked"):
+        return m.predict_on_batch.call_count
+
+
+@usage()
+def method_replaced_on_the_model(m: Any, ctx: Any) -> Any:
+    """A method set on the model and deleted again, after it was used."""
+    first = np.asarray(m.predict_on_batch(ctx.x))
+    m.predict_on_batch = lambda x: ("replaced", x.shape)
+    replaced = m.predict_on_batch(ctx.x), m.predict_on_batch(ctx.x)
+    del m.predict_on_batch
+    return first, replaced, np.asarray(m.predict_on_batch(ctx.x))
+
+
+@usage()
+def method_taken_then_replaced_on_its_class(m: Any, ctx: Any) -> Any:
+    """A method taken from the model and kept, then its class patched."""
+    taken = m.predict_on_batch
+    with mock.patch.object(m.__class__, "predict_on_batch", _patched):
+        called = taken(ctx.x)
+    return called if isinstance(called, tuple) else np.asarray(called)
+
+
+def _patched(self: Any, x: Any) -> Any:
+    return "patched", x.shape
 
 
 @usage(EAGER, host=True)

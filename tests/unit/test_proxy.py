@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 import threading
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -345,3 +346,30 @@ def test_keras_on_jax_predict_on_batch_from_threads(models: Models) -> None:
     for thread in threads:
         thread.join(60)
     assert not errors, errors[:1]
+
+
+def test_a_method_replaced_behind_the_proxy_is_what_calls_reach() -> None:
+    """Replaced on the model itself or on its class after use: calls reach the replacement.
+
+    The proxy keeps a method of the model's class once used; a replacement it
+    did not see (a test's ``mock.patch.object`` on the class, an attribute set
+    on the bare model) is what the next call reaches, and what the proxy gives
+    from then on.
+    """
+    proxy = forksafe.lazy_model(NumpyModel, isolation="inprocess")
+    x = np.arange(3.0)
+    np.testing.assert_array_equal(proxy.predict(x), x * 2.0)
+    model = proxy.__wrapped__
+    model.predict = lambda x: "set on the model"
+    assert proxy.predict(x) == "set on the model"
+    del model.predict
+    np.testing.assert_array_equal(proxy.predict(x), x * 2.0)
+    with mock.patch.object(NumpyModel, "predict", return_value="mocked") as fake:
+        assert proxy.predict(x) == "mocked"
+        assert proxy.predict is fake
+        fake.assert_called_once_with(x)
+    np.testing.assert_array_equal(proxy.predict(x), x * 2.0)
+    proxy.predict = len
+    assert proxy.predict is len and model.predict is len
+    del proxy.predict
+    np.testing.assert_array_equal(proxy.predict(x), x * 2.0)
