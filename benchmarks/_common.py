@@ -116,19 +116,51 @@ def per_call(fn: Callable[[], Any], calls: int) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def per_pair(
+    base: Callable[[], Any], other: Callable[[], Any], pairs: int, start: int = 0
+) -> tuple[float, float]:
+    """Seconds per call of ``base`` and of ``other``, called in turn ``pairs`` times.
+
+    Each call is timed on its own, and the two alternate which goes first
+    (``other`` first in the first pair if ``start`` is odd): both see the same
+    machine, and the same caches left by the other's call.
+    """
+    clock = time.perf_counter_ns
+    spent = [0, 0]
+    calls = (base, other)
+    for index in range(start, start + pairs):
+        first = index % 2
+        for which in (first, 1 - first):
+            start = clock()
+            calls[which]()
+            spent[which] += clock() - start
+    return spent[0] / pairs / 1e9, spent[1] / pairs / 1e9
+
+
 def compare(
-    base: Callable[[], Any], other: Callable[[], Any], rounds: int, calls: int
+    base: Callable[[], Any],
+    other: Callable[[], Any],
+    rounds: int,
+    calls: int,
+    *,
+    alternate_calls: bool = False,
 ) -> dict[str, Any]:
     """``other`` against ``base`` in adjacent pairs, alternating which goes first.
 
     The ratio is the median of the per-round ratios: each pair shares the
     machine's state of that moment, so slow drifts (steal time on a shared
     VM) cancel, and alternating the order cancels any first-or-second bias.
+    With ``alternate_calls`` (for calls long enough to time one by one) the
+    two alternate call by call within a round instead of ``calls`` at a time.
     """
     base(), other()  # warm up (tf.function tracing)
     b, o = [], []
     for index in range(rounds):
-        if index % 2:
+        if alternate_calls:
+            base_s, other_s = per_pair(base, other, calls, start=index)
+            b.append(base_s)
+            o.append(other_s)
+        elif index % 2:
             o.append(per_call(other, calls))
             b.append(per_call(base, calls))
         else:
