@@ -48,6 +48,17 @@ ONE_WORKER = {
     "tests/transparency/test_transparency.py": "transparency",
     "tests/stress/test_stress.py": "stress",
 }
+# The longest runs first, in this order (xdist hands out work in collection order):
+# the suite waits for its slowest worker, so none of them may be left to the end.
+FIRST = (
+    "tests/integration/test_benchmarks.py",
+    "tests/transparency/test_transparency.py",
+    "tests/integration/test_examples.py",
+    "tests/stress/test_stress.py",
+    "tests/integration/test_spark.py",
+    "tests/integration/test_pytest_plugin.py",
+    "tests/integration/test_ray.py",
+)
 _TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -65,12 +76,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests under ``BACKEND_SUITE``."""
+    """Mark the tests under ``BACKEND_SUITE``; put the files of ``FIRST`` first."""
     roots = tuple(os.path.join(_TESTS, path) for path in BACKEND_SUITE)
     for item in items:
         path = str(item.path)
         if any(path == root or path.startswith(root + os.sep) for root in roots):
             item.add_marker(pytest.mark.backend_suite)
+    rank = {os.path.join(os.path.dirname(_TESTS), path): i for i, path in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(str(item.path), len(FIRST)))  # stable
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it is installed

@@ -164,7 +164,8 @@ def test_demo_answers_every_task_with_one_load_per_worker(broker: str, tmp_path:
     It writes nothing into the directory it runs in (kombu's filesystem transport
     would put a ``control/`` folder there).
     """
-    args = ["demo", "--workers", "2", "--tasks", "6"]
+    # The demo's own 20 s is for a user's idle machine; the suite's may be loaded.
+    args = ["demo", "--workers", "2", "--tasks", "6", "--timeout", "120"]
     if broker == "redis":
         args += ["--broker", requires.redis_url()]
     done = forksafe_cli(*args, cwd=str(tmp_path))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.children import run_python
+from tests.support.procs import terminate
 
 pytestmark = pytest.mark.timeout(300)
 NOBODY = 65534
@@ -37,7 +38,7 @@ def _machine(tmp_path: Path) -> dict[str, str]:
 
 
 def _stop(host: str) -> None:
-    os.kill(int(host), 15)
+    terminate(int(host))
 
 
 @needs_root

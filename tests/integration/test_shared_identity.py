@@ -22,6 +22,7 @@ from tests.host_scenarios import stop_shared
 from tests.support import requires
 from tests.support.children import fork_call, run_clean, run_python
 from tests.support.fakes import NumpyModel
+from tests.support.procs import terminate
 
 pytestmark = pytest.mark.timeout(300)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -169,7 +170,7 @@ def test_another_keras_backend_never_reaches_the_tensorflow_host(
             np.testing.assert_allclose(answer["y"], tiny.y, atol=1e-5)
     finally:
         for answer in seen.values():
-            os.kill(answer["host"], 15)
+            terminate(answer["host"])
 
 
 _PATH_CLIENT = """
@@ -230,8 +231,8 @@ def test_another_sys_path_never_reaches_this_environments_host(tmp_path: Path) -
         b = _client_in({"PYTHONPATH": str(apps["app_b"])}, code)
         padded = _client_in({"PYTHONPATH": f"{tmp_path / 'empty'}:{apps['app_a']}"}, code)
     finally:
-        os.kill(a["host"], 15)
-    os.kill(b["host"], 15)
+        terminate(a["host"])
+    terminate(b["host"])
     assert (a["y"], b["y"], padded["y"]) == (4.0, 40.0, 4.0)
     assert a["host"] != b["host"]
     assert padded["host"] == a["host"]

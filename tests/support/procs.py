@@ -7,6 +7,7 @@ here is bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -79,6 +80,12 @@ def alive(pid: int) -> bool:
     """Whether ``pid`` is a live (not zombie) process."""
     fields = _stat(pid)
     return fields is not None and fields[0] != "Z"
+
+
+def terminate(pid: int) -> None:
+    """SIGTERM ``pid`` if it still runs (a shared host may have left on its own, idle)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
 
 
 def parent_of(pid: int) -> int:
