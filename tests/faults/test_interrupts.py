@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import signal
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from tests.faults.conftest import Tracked, fault_once
 from tests.host_scenarios import stop_shared
 from tests.stress.scenarios import count
 from tests.support import fakes
-from tests.support.fakes import Recorder
+from tests.support.fakes import HostProbe, Recorder
 from tests.support.procs import wait_gone
 
 pytestmark = pytest.mark.timeout(600)
@@ -34,10 +36,26 @@ def _raise_soft_limit(signum: int, frame: Any) -> None:
 
 @pytest.fixture
 def soft_limit_signal() -> Iterator[int]:
-    """SIGUSR2 raises SoftTimeLimit in the main thread for the test's duration."""
+    """SIGUSR2 raises SoftTimeLimit in the main thread for the test's duration.
+
+    A signal that lands while the garbage collector runs a finalizer (any
+    object's, this test's or an earlier one's) cannot reach the test: Python
+    reports it as unraisable. Those are this test's own signals and are let
+    go; any other unraisable exception still fails the test.
+    """
     previous = signal.signal(signal.SIGUSR2, _raise_soft_limit)
-    yield signal.SIGUSR2
-    signal.signal(signal.SIGUSR2, previous)
+    hook = sys.unraisablehook
+
+    def let_own_signals_go(unraisable: Any) -> None:
+        if unraisable.exc_type is not SoftTimeLimit:
+            hook(unraisable)
+
+    sys.unraisablehook = let_own_signals_go
+    try:
+        yield signal.SIGUSR2
+    finally:
+        sys.unraisablehook = hook
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def _raise(kind: type[BaseException]) -> Any:
@@ -83,6 +101,50 @@ def test_an_interrupt_while_the_model_loads(tracked: Tracked, soft_limit_signal:
     timer.join()
     np.testing.assert_array_equal(proxy.predict(np.ones(2)), np.full(2, 2.0))
     assert forksafe.info(proxy).loads == 1
+
+
+def test_an_interrupt_while_a_connection_closes(tracked: Tracked) -> None:
+    """Interrupted again while the interrupted exchange's connection closes: its segments go too."""
+    proxy = tracked.proxy()
+    x = np.full(SIZES["shared"], 3.0)
+    np.testing.assert_array_equal(proxy.predict(x), 2.0 * x)  # the pool holds a segment now
+    before = forksafe.info(proxy).host_pid
+    with (
+        fault_once("client.received", _raise(KeyboardInterrupt)),
+        fault_once("client.closing", _raise(SoftTimeLimit)) as hits,
+        pytest.raises(SoftTimeLimit),
+    ):
+        proxy.predict(x)
+    assert hits == [1]
+    assert before is not None and wait_gone(before)
+    np.testing.assert_array_equal(proxy.predict(x), 2.0 * x)
+
+
+def test_an_interrupt_while_a_dropped_proxy_is_collected(
+    tracked: Tracked, soft_limit_signal: int
+) -> None:
+    """A signal in the collector's cleanup of a dropped proxy: its host and segments still go.
+
+    The garbage collector closes the connections of a proxy nobody holds; a
+    signal handler that raises there cannot reach anyone (Python reports it
+    as unraisable), so the cleanup has to finish regardless.
+    """
+    proxy = forksafe.lazy_model(HostProbe, isolation="process", timeout=30)
+    x = np.full(SIZES["shared"], 3.0)
+    np.testing.assert_array_equal(proxy.predict(x), 2.0 * x)
+    host = forksafe.info(proxy).host_pid
+    seen: list[Any] = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = seen.append
+    try:
+        with fault_once("client.closing", _raise(SoftTimeLimit)) as hits:
+            del proxy
+            gc.collect()
+    finally:
+        sys.unraisablehook = hook
+    assert hits == [1] and [u.exc_type for u in seen] == [SoftTimeLimit]
+    assert host is not None and wait_gone(host), "a dropped proxy's host outlived it"
+    # tracked's check: no segment left behind
 
 
 def _storm(proxy: Any, signum: int, rounds: int, answer: Any) -> tuple[int, int, set[int]]:

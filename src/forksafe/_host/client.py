@@ -13,13 +13,16 @@ no answer can reach a later call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
+import itertools
 import logging
 import os
 import pickle
 import signal
 import threading
 import weakref
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
@@ -102,9 +105,42 @@ def _open(opener: Opener, timeout: float) -> tuple[Connection, int, dict[str, An
     return box["result"]  # type: ignore[no-any-return]
 
 
-def _close(conn: Connection, pool: SegmentPool) -> None:
-    conn.close()
-    pool.close()
+def _run_through(*steps: Callable[[], object]) -> None:
+    """Run every step even when a signal handler raises in one; then raise the first.
+
+    The steps are idempotent, so one that was interrupted is tried again
+    (a few times: a step that keeps failing is not retried forever).
+    """
+    interrupted: BaseException | None = None
+    for step in steps:
+        for _attempt in range(3):
+            try:
+                step()
+                break
+            except BaseException as exc:
+                interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
+
+
+def _close(conn: Connection, pool: SegmentPool, on_closed: Callable[[], None]) -> None:
+    """Close a channel's connection and pool, then tell its client.
+
+    The garbage collector runs this for a channel nobody retired (one an
+    interrupt dropped, or a dropped proxy's), where a raise reaches no one:
+    the cleanup must not depend on not being interrupted.
+    """
+    _run_through(conn.close, functools.partial(checkpoint, "client.closing"), pool.close, on_closed)
+
+
+_channel_keys = itertools.count()
+
+
+def _closed(open_keys: set[int], key: int, opener: Opener) -> None:
+    """A channel closed: the last of a client's lets its opener find another host."""
+    open_keys.discard(key)
+    if not open_keys:
+        opener.release()
 
 
 class _Channel:
@@ -112,12 +148,12 @@ class _Channel:
 
     __slots__ = ("__weakref__", "conn", "finalizer", "host_pid", "pool", "rid")
 
-    def __init__(self, conn: Connection, host_pid: int) -> None:
+    def __init__(self, conn: Connection, host_pid: int, on_closed: Callable[[], None]) -> None:
         self.conn = conn
         self.host_pid = host_pid
         self.pool = SegmentPool()
         self.rid = FIRST_RID  # the opener's first request was this connection's first
-        self.finalizer = weakref.finalize(self, _close, conn, self.pool)
+        self.finalizer = weakref.finalize(self, _close, conn, self.pool, on_closed)
 
 
 class HostClient:
@@ -137,7 +173,10 @@ class HostClient:
         self.lock = threading.Lock()  # a host of our own: one call at a time
         self.idle: list[_Channel] = []
         self.idle_lock = threading.Lock()
-        self.live = 0  # channels open (idle or in a call); guarded by idle_lock
+        # Channels open (idle or in a call), counted down by each channel's
+        # finalizer, which also runs for a channel an interrupt dropped. It
+        # takes no lock: the collector may run it while this thread holds one.
+        self.open: set[int] = set()
 
     def request(self, message: tuple[Any, ...], *, what: str) -> Any:
         """Send ``message`` to the host (starting one if needed) and return its answer."""
@@ -174,15 +213,15 @@ class HostClient:
             if self.idle:
                 return self.idle.pop()
         conn, pid, meta = _open(self.opener, self.timeout)
-        channel = _Channel(conn, pid)
+        key = next(_channel_keys)
+        channel = _Channel(conn, pid, functools.partial(_closed, self.open, key, self.opener))
+        self.open.add(key)  # after the finalizer exists: a channel is never counted twice
         log.info(
             "connected to %s model host %s (%s)",
             "a private" if self.opener.owns_host else "the shared",
             pid,
             meta.get("type", "?"),
         )
-        with self.idle_lock:
-            self.live += 1
         self.host_pid = pid
         self.meta = meta
         return channel
@@ -263,26 +302,32 @@ class HostClient:
         """
         pid = channel.host_pid
         owned = self.opener.owns_host
-        if owned:  # before closing: it dies without a word
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        channel.finalizer()
         stale: list[_Channel] = []
-        if crashed or owned:
-            with self.idle_lock:
-                stale = [c for c in self.idle if c.host_pid == pid]
-                self.idle = [c for c in self.idle if c.host_pid != pid]
-        for other in stale:
-            other.finalizer()
-        if self.host_pid == pid and (crashed or owned):
-            self.host_pid = None
-        if owned or crashed:
-            sweep(pid)
-        with self.idle_lock:
-            self.live -= 1 + len(stale)
-            last = self.live <= 0
-        if last:
-            self.opener.release()
+
+        def kill() -> None:  # a host of our own, before closing: it dies without a word
+            if owned:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+        def take_stale() -> None:
+            if crashed or owned:
+                with self.idle_lock:
+                    stale.extend(c for c in self.idle if c.host_pid == pid and c not in stale)
+                    self.idle = [c for c in self.idle if c.host_pid != pid]
+
+        def close_stale() -> None:
+            for other in stale:
+                other.finalizer()
+
+        def forget() -> None:
+            if crashed or owned:
+                if self.host_pid == pid:
+                    self.host_pid = None
+                sweep(pid)
+
+        # An interrupt (a second signal) part way must not leave a killed
+        # host's idle connections to a later call.
+        _run_through(kill, channel.finalizer, take_stale, close_stale, forget)
         return pid
 
 

@@ -173,11 +173,17 @@ class SegmentPool:
             self._free.pop().unlink()  # the largest goes first
 
     def close(self) -> None:
-        """Unlink every segment (in the creating process only)."""
-        segments, self._free, self._busy = self._free + self._busy, [], []
-        if os.getpid() == self._pid:
-            for segment in segments:
-                segment.unlink()
+        """Unlink every segment (in the creating process only).
+
+        Each leaves its list only once unlinked: closing again after an
+        interrupt finishes the job (unlinking twice is harmless).
+        """
+        mine = os.getpid() == self._pid
+        for segments in (self._busy, self._free):
+            while segments:
+                if mine:
+                    segments[-1].unlink()
+                segments.pop()
 
     def names(self) -> list[str]:
         """Names of the segments this pool holds."""
