@@ -109,6 +109,7 @@ def test_an_interrupt_while_a_connection_closes(tracked: Tracked) -> None:
     x = np.full(SIZES["shared"], 3.0)
     np.testing.assert_array_equal(proxy.predict(x), 2.0 * x)  # the pool holds a segment now
     before = forksafe.info(proxy).host_pid
+    gc.collect()  # no earlier test's garbage closes a connection under the fault
     with (
         fault_once("client.received", _raise(KeyboardInterrupt)),
         fault_once("client.closing", _raise(SoftTimeLimit)) as hits,
@@ -136,6 +137,7 @@ def test_an_interrupt_while_a_dropped_proxy_is_collected(
     seen: list[Any] = []
     hook = sys.unraisablehook
     sys.unraisablehook = seen.append
+    gc.collect()  # the fault is for this proxy's connection, not an earlier test's garbage
     try:
         with fault_once("client.closing", _raise(SoftTimeLimit)) as hits:
             del proxy
