@@ -8,6 +8,7 @@ a host that another environment started.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 import forksafe
 from forksafe import testing
+from tests.faults.conftest import fault_once
 from tests.host_scenarios import stop_shared
 from tests.support import requires
 from tests.support.children import fork_call, run_clean, run_python
@@ -130,6 +132,31 @@ def test_a_client_that_reconnects_after_its_host_died_gets_the_deployed_model(
     with pytest.raises(forksafe.HostCrashedError):
         proxy.predict(1.0)
     assert proxy.predict(1.0) == 5.0
+
+
+def test_a_client_whose_last_connection_an_interrupt_dropped_sees_a_deploy(
+    tmp_path: Path, proxies: list[forksafe.ModelProxy]
+) -> None:
+    """A signal just after an answer drops that connection; with none left, a deploy is seen.
+
+    The client's identity is pinned while it has a connection. A connection
+    an interrupt dropped (closed by the garbage collector) must count as
+    ended, or the client stays on the old release for good.
+    """
+    path = tmp_path / "model.scale"
+    path.write_text("2", encoding="utf-8")
+    proxy = shared_scale(path, proxies)
+    assert proxy.predict(1.0) == 2.0
+    with fault_once("client.answered", _soft_time_limit) as hits, pytest.raises(TimeoutError):
+        proxy.predict(1.0)
+    assert hits == [1]
+    gc.collect()
+    deploy(path, "5")
+    assert proxy.predict(1.0) == 5.0
+
+
+def _soft_time_limit() -> None:
+    raise TimeoutError("a signal handler's soft time limit")
 
 
 def _client_in(env: dict[str, str], code: str) -> dict[str, Any]:

@@ -228,6 +228,8 @@ class HostClient:
 
     def _through(self, channel: _Channel, message: tuple[Any, ...], what: str) -> Any:
         result = self._exchange(channel, message, what=what)
+        # An interrupt from here on drops an answered channel: the collector closes it.
+        checkpoint("client.answered")
         self.host_pid = channel.host_pid
         with self.idle_lock:
             self.idle.append(channel)
