@@ -103,6 +103,16 @@ def test_an_interrupt_while_the_model_loads(tracked: Tracked, soft_limit_signal:
     assert forksafe.info(proxy).loads == 1
 
 
+def test_an_interrupt_just_after_a_call_takes_the_hosts_lock(tracked: Tracked) -> None:
+    """A signal the moment a call takes a private host's lock: later calls are not locked out."""
+    proxy = tracked.proxy(timeout=2)
+    assert proxy.value == 42
+    with fault_once("client.locked", _raise(SoftTimeLimit)) as hits, pytest.raises(SoftTimeLimit):
+        proxy.predict(np.ones(3))
+    assert hits == [1]
+    np.testing.assert_array_equal(proxy.predict(np.ones(3)), np.full(3, 2.0))
+
+
 def test_an_interrupt_while_a_connection_closes(tracked: Tracked) -> None:
     """Interrupted again while the interrupted exchange's connection closes: its segments go too."""
     proxy = tracked.proxy()

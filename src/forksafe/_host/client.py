@@ -170,7 +170,7 @@ class HostClient:
         self.pid = os.getpid()
         self.host_pid: int | None = None  # of the last connection that answered
         self.meta: dict[str, Any] = {}
-        self.lock = threading.Lock()  # a host of our own: one call at a time
+        self.lock = threading.RLock()  # a host of our own: one call at a time
         self.idle: list[_Channel] = []
         self.idle_lock = threading.Lock()
         # Channels open (idle or in a call), counted down by each channel's
@@ -188,14 +188,18 @@ class HostClient:
             )
         if not self.opener.owns_host:
             return self._through(self._idle_or_new(), message, what)
-        if not self.lock.acquire(timeout=self.timeout):
-            raise HostTimeoutError(
-                f"waited {self.timeout} s for another thread's call to the model host"
-            )
         try:
+            if not self.lock.acquire(timeout=self.timeout):
+                raise HostTimeoutError(
+                    f"waited {self.timeout} s for another thread's call to the model host"
+                )
+            checkpoint("client.locked")
             return self._through(self._idle_or_new(), message, what)
         finally:
-            self.lock.release()
+            # A signal handler may raise the moment the lock is taken, before a
+            # flag could record it; the lock itself knows (an RLock's owner).
+            if self.lock._is_owned():  # type: ignore[attr-defined]
+                self.lock.release()
 
     def segment_names(self) -> list[str]:
         """The shared-memory segments this side holds for reuse (for leak checks)."""
