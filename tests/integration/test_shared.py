@@ -182,11 +182,18 @@ def test_an_interrupted_call_never_answers_a_later_one(tag: str) -> None:
     """Ctrl-C during a shared call: the connection is retired, the host serves on."""
     proxy = shared(tag)
     host = proxy.pid()
+    # Python's own SIGINT handler, whatever this process inherited: started as a
+    # background job of a shell (``cmd &``), it ignores SIGINT and nothing is interrupted.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        proxy.hang(2.0)
-    timer.join()
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            proxy.hang(2.0)
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
     x = np.ones((1, 3))
     np.testing.assert_array_equal(proxy.predict(x), x * 2.0 + 1.0)
     assert proxy.pid() == host
